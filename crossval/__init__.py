@@ -1,0 +1,1 @@
+"""crossval package of bitnet-ref."""
