@@ -9,16 +9,32 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 DEV = nox.project.dependency_groups(PYPROJECT, "dev")
 
 
-def install(session: nox.Session, *extra: str) -> None:
-    """Install the project and the given extra requirements."""
-    session.install(".", *extra)
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite, the quick crossval gate against llama.cpp included."""
+    session.install(".", *DEV)
+    session.run("pytest", *session.posargs)
 
 
 @nox.session
-def tests(session: nox.Session) -> None:
-    """Run the test suite (includes the quick crossval gate)."""
-    install(session, *DEV)
-    session.run("pytest", *session.posargs)
+def crossval(session: nox.Session) -> None:
+    """Cross-validate bitnet_ref against llama.cpp on synthetic models; writes out/crossval and its report."""
+    session.install(".")
+    session.run("python", "-m", "crossval", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark bitnet_ref and llama.cpp side by side; writes out/bench and its report."""
+    session.install(".")
+    session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Rebuild every HTML report and out/index.html from the records under out/."""
+    session.install(".")
+    session.run("python", "-m", "reports", *(session.posargs or ["out"]))
 
 
 @nox.session
@@ -26,4 +42,3 @@ def lint(session: nox.Session) -> None:
     """Run ruff over the project."""
     session.install("ruff")
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")

@@ -1,6 +1,13 @@
-"""bfloat16: the top 16 bits of an f32, ggml's rounding."""
+"""BF16 (ggml type 30): the top 16 bits of an f32, with ggml's `fp32_to_bf16` rounding (uint32 arithmetic).
+
+Encode: round to nearest even, `(u + 0x7fff + ((u >> 16) & 1)) >> 16`; a NaN keeps its top bits and is forced quiet,
+`(u >> 16) | 64`; subnormals are not flushed. Decode: `u16 << 16` (exact).
+`shape` arguments are ggml ne-order tuples (ne0 first, like `nbytes`); arrays are numpy order ((M, K) for ne = [K, M]).
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
@@ -8,6 +15,12 @@ from bitnet_ref.errors import FormatError
 TYPE = GGMLType.BF16
 BLOCK_ELEMS = 1
 BLOCK_BYTES = 2
+DTYPE = np.dtype("<u2")
+HALF_BITS = np.uint32(16)
+ABS_MASK = np.uint32(0x7FFFFFFF)
+INF_BITS = np.uint32(0x7F800000)
+ROUND_BIAS = np.uint32(0x7FFF)
+QUIET_BIT = np.uint32(64)  # bit 6 of the bf16 word: the top mantissa bit, which makes a NaN quiet
 
 
 def nbytes(shape: tuple[int, ...]) -> int:
@@ -18,3 +31,43 @@ def nbytes(shape: tuple[int, ...]) -> int:
     if shape and shape[0] % BLOCK_ELEMS:
         raise FormatError(f"BF16: ne0 = {shape[0]} is not a multiple of the block size {BLOCK_ELEMS}")
     return n // BLOCK_ELEMS * BLOCK_BYTES
+
+
+def encode(w: np.ndarray) -> np.ndarray:
+    """Flat bf16 bytes of a float32 array, rounded exactly as ggml's fp32_to_bf16."""
+    _check_float32(w)
+    u = np.ascontiguousarray(w, dtype="<f4").reshape(-1).view("<u4")
+    is_nan = (u & ABS_MASK) > INF_BITS
+    lsb = (u >> HALF_BITS) & np.uint32(1)
+    rounded = (u + ROUND_BIAS + lsb) >> HALF_BITS  # only NaN words can wrap here; np.where drops them
+    quiet_nan = (u >> HALF_BITS) | QUIET_BIT
+    return np.where(is_nan, quiet_nan, rounded).astype(DTYPE).view(np.uint8)
+
+
+def decode(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 array in numpy order (ne reversed) from the bytes of a BF16 tensor."""
+    flat = _raw_bytes(raw, shape)
+    u = flat.view(DTYPE).astype(np.uint32) << HALF_BITS
+    return u.view(np.float32).reshape(_numpy_shape(shape))
+
+
+def _check_float32(w: np.ndarray) -> None:
+    if not isinstance(w, np.ndarray) or w.dtype != np.float32:
+        raise FormatError(f"BF16: encode needs a float32 array, got {getattr(w, 'dtype', type(w).__name__)}")
+    if w.ndim == 0:
+        raise FormatError("BF16: encode needs an array with at least one axis, got a 0-d array")
+
+
+def _numpy_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 0 or any(int(d) <= 0 for d in shape):
+        raise FormatError(f"BF16: shape {tuple(shape)} must have one or more positive extents (ne order)")
+    return tuple(int(d) for d in reversed(shape))
+
+
+def _raw_bytes(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+        raise FormatError(f"BF16: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
+    _numpy_shape(shape)
+    if raw.size != nbytes(shape):
+        raise FormatError(f"BF16: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
+    return raw.reshape(-1)

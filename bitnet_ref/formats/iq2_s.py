@@ -1,6 +1,18 @@
-"""IQ2_S: d f16 @0, qs u8[64] @2, qh u8[8] @66, scales u8[8] @74 per 256 elements (codebook)."""
+"""IQ2_S (ggml type 22): a 2.5625-bit codebook type, decode only (encode through ggml's own quantizer).
+
+Per 256 elements, 82 bytes: `d: f16`, `qs: u8[32]` (grid-index low bytes), `signs: u8[32]`, `qh: u8[8]`,
+`scales: u8[8]`.
+Sub-block ib (32 elements) and group l (8 elements) give elements `32ib + 8l + j`, j = 0..7:
+`idx = qs[4ib + l] | ((qh[ib] >> 2l) & 3) << 8`, `s = scales[ib]` low nibble for l < 2, high nibble otherwise,
+`db = d * (0.5 + s) * 0.25`, `w = db * grid[idx][j] * (-1 if bit j of signs[4ib + l] else +1)`.
+The grid (ggml's `iq2s_grid`, 1024 x 8 magnitudes in {8, 25, 43}) is loaded from gguf-py at import, not retyped.
+Not ternary: there is no zero level. `shape` arguments are ggml ne-order tuples (ne0 first, like `nbytes`).
+"""
 
 from __future__ import annotations
+
+import numpy as np
+from gguf.quants import IQ2_S as _GGUF_IQ2_S
 
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
@@ -8,6 +20,28 @@ from bitnet_ref.errors import FormatError
 TYPE = GGMLType.IQ2_S
 BLOCK_ELEMS = 256
 BLOCK_BYTES = 82
+SUB_BLOCKS = 8  # ib: 32 elements each
+GROUPS = 4  # l: 8 elements each, one grid entry
+GROUP_ELEMS = 8  # j
+HIGH_BITS_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)  # qh[ib] >> 2l: bits 8-9 of group l's index
+SIGN_BITS = np.arange(GROUP_ELEMS, dtype=np.uint8)  # bit j of a sign byte negates element j
+NIBBLE_OF_GROUP = np.array([0, 0, 1, 1])  # groups 0-1 use the low scale nibble, 2-3 the high one
+
+
+def _load_grid() -> np.ndarray:
+    """The 1024 x 8 iq2s_grid magnitudes as float32, unpacked by gguf-py."""
+    _GGUF_IQ2_S.init_grid()
+    return np.asarray(_GGUF_IQ2_S.grid, dtype=np.float32).reshape(1024, GROUP_ELEMS)
+
+
+GRID = _load_grid()
+
+# block layout: field -> byte range inside one 82-byte block
+D = slice(0, 2)  # f16 super-block scale
+QS = slice(2, 34)  # low 8 bits of the grid index of group 4ib + l
+SIGNS = slice(34, 66)  # sign bits of group 4ib + l
+QH = slice(66, 74)  # bits 8-9 of the grid indices of sub-block ib, two bits per group
+SCALES = slice(74, 82)  # two 4-bit scales per sub-block
 
 
 def nbytes(shape: tuple[int, ...]) -> int:
@@ -18,3 +52,35 @@ def nbytes(shape: tuple[int, ...]) -> int:
     if shape and shape[0] % BLOCK_ELEMS:
         raise FormatError(f"IQ2_S: ne0 = {shape[0]} is not a multiple of the block size {BLOCK_ELEMS}")
     return n // BLOCK_ELEMS * BLOCK_BYTES
+
+
+def decode(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 array in numpy order (ne reversed) from the bytes of an IQ2_S tensor (bit-exact with gguf-py)."""
+    blocks = _raw_blocks(raw, shape)
+    n = blocks.shape[0]
+    d = blocks[:, D].view("<f2").astype(np.float32).reshape(n, 1, 1)
+    high = (blocks[:, QH, None] >> HIGH_BITS_SHIFTS) & 3  # (n, ib, l)
+    idx = blocks[:, QS].reshape(n, SUB_BLOCKS, GROUPS).astype(np.uint16) | (high.astype(np.uint16) << 8)
+    nibbles = (blocks[:, SCALES, None] >> np.array([0, 4], dtype=np.uint8)) & 0xF  # (n, ib, low/high)
+    s = nibbles[:, :, NIBBLE_OF_GROUP].astype(np.float32)  # (n, ib, l)
+    sign_bits = (blocks[:, SIGNS].reshape(n, SUB_BLOCKS, GROUPS, 1) >> SIGN_BITS) & 1
+    signs = np.where(sign_bits == 0, np.float32(1), np.float32(-1))  # (n, ib, l, j)
+    with np.errstate(invalid="ignore", over="ignore"):  # an inf or NaN d decodes to inf/NaN, as in ggml
+        db = d * (np.float32(0.5) + s) * np.float32(0.25)
+        w = db[..., None] * GRID[idx] * signs  # (n, ib, l, j)
+    return w.reshape(_numpy_shape(shape))
+
+
+def _numpy_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 0 or any(int(d) <= 0 for d in shape):
+        raise FormatError(f"IQ2_S: shape {tuple(shape)} must have one or more positive extents (ne order)")
+    return tuple(int(d) for d in reversed(shape))
+
+
+def _raw_blocks(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+        raise FormatError(f"IQ2_S: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
+    _numpy_shape(shape)
+    if raw.size != nbytes(shape):
+        raise FormatError(f"IQ2_S: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
+    return raw.reshape(-1, BLOCK_BYTES)

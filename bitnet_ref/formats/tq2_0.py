@@ -1,13 +1,34 @@
-"""TQ2_0: qs u8[64] @0, d f16 @64 per 256 ternary elements (2 bits each)."""
+"""TQ2_0 (ggml type 35): 256 ternary elements in 66 bytes, `qs: u8[64]` then `d: f16`; 2 bits per element.
+
+Byte `qs[32h + m]` (half h = 0, 1; lane m = 0..31) holds elements `128h + 32g + m` at bits `2g..2g+1`, g = 0..3 (least
+significant pair first). Decode `w = d * (code - 1)`; code 3 would decode to +2 and is never written.
+Reference encoder (ggml and gguf-py): `amax = max|x|` (f32), `d = fp16(amax)`, `code = roundf(x * (1/amax)) + 1`
+using the f32 amax; an all-zero block gets d = 0 and codes 1. For ternary x scale input, d = fp16(scale) in every
+nonzero block. 2B-4T fits: every K (2560, 6912) is a multiple of 256.
+`shape` arguments are ggml ne-order tuples (ne0 first, like `nbytes`); arrays are numpy order ((M, K) for ne = [K, M]).
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
+from bitnet_ref.formats.q8_0 import roundf
 
 TYPE = GGMLType.TQ2_0
 BLOCK_ELEMS = 256
 BLOCK_BYTES = 66
+HALVES = 2  # each half of a block: 128 elements in 32 bytes
+GROUPS = 4  # 2-bit groups per byte
+LANES = 32  # bytes per half
+SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)  # bit shift of group g
+CODE_MASK = np.uint8(3)
+F16_MAX = 65504.0
+
+# block layout: field -> byte range inside one 66-byte block
+QS = slice(0, 64)  # 2-bit codes
+D = slice(64, 66)  # f16 block scale
 
 
 def nbytes(shape: tuple[int, ...]) -> int:
@@ -18,3 +39,107 @@ def nbytes(shape: tuple[int, ...]) -> int:
     if shape and shape[0] % BLOCK_ELEMS:
         raise FormatError(f"TQ2_0: ne0 = {shape[0]} is not a multiple of the block size {BLOCK_ELEMS}")
     return n // BLOCK_ELEMS * BLOCK_BYTES
+
+
+def encode(w: np.ndarray) -> np.ndarray:
+    """Flat TQ2_0 bytes of a finite float32 array (last axis = ne0), bit-exact with ggml's reference encoder."""
+    x = _float_blocks(w)
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    inv_amax = np.divide(np.float32(1), amax, out=np.zeros_like(amax), where=amax != 0)
+    codes = (roundf(x * inv_amax) + 1).astype(np.uint8)
+    return _pack(codes, amax)
+
+
+def encode_ternary(t: np.ndarray, scale: float) -> np.ndarray:
+    """Flat TQ2_0 bytes of int8 ternary t (M, K) times a scale: codes t + 1, d = fp16(f32(scale)) in nonzero blocks."""
+    blocks = _ternary_blocks(t)
+    s = _check_scale(scale)
+    if s == 0:
+        blocks = np.zeros_like(blocks)
+    nonzero = (blocks != 0).any(axis=1, keepdims=True)
+    d = np.where(nonzero, s, np.float32(0))
+    return _pack((blocks + 1).astype(np.uint8), d)
+
+
+def decode(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 array in numpy order (ne reversed) from the bytes of a TQ2_0 tensor: w = d * (code - 1)."""
+    blocks = _raw_blocks(raw, shape)
+    d = blocks[:, D].view("<f2").astype(np.float32)  # (n_blocks, 1)
+    values = _codes(blocks).astype(np.int8) - 1
+    with np.errstate(invalid="ignore"):  # an inf or NaN d decodes to inf/NaN, as in ggml
+        return (d * values.astype(np.float32)).reshape(_numpy_shape(shape))
+
+
+def ternary(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """int8 array (numpy order) of code - 1 per element: -1, 0, +1 (or 2 for the never-written code 3)."""
+    values = _codes(_raw_blocks(raw, shape)).astype(np.int8) - 1
+    return values.reshape(_numpy_shape(shape))
+
+
+def scales(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-block scales d as float32, numpy order with the last axis K/256 ((M, K/256) for a weight)."""
+    blocks = _raw_blocks(raw, shape)
+    d = blocks[:, D].view("<f2").astype(np.float32)
+    return d.reshape(_numpy_shape(shape)[:-1] + (-1,))
+
+
+def _codes(blocks: np.ndarray) -> np.ndarray:
+    """(n_blocks, 256) 2-bit codes in element order: [block, half, group, lane] -> 128 half + 32 group + lane."""
+    qs = blocks[:, QS].reshape(-1, HALVES, 1, LANES)
+    return ((qs >> SHIFTS.reshape(1, 1, GROUPS, 1)) & CODE_MASK).reshape(-1, BLOCK_ELEMS)
+
+
+def _pack(codes: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Block bytes from (n_blocks, 256) codes 0..2 and (n_blocks, 1) f32 scales (stored as f16)."""
+    groups = codes.reshape(-1, HALVES, GROUPS, LANES) << SHIFTS.reshape(1, 1, GROUPS, 1)
+    blocks = np.empty((codes.shape[0], BLOCK_BYTES), dtype=np.uint8)
+    blocks[:, QS] = np.bitwise_or.reduce(groups, axis=2).reshape(-1, HALVES * LANES)
+    with np.errstate(over="ignore"):  # amax above 65504 stores inf, as in ggml
+        blocks[:, D] = d.astype("<f2").view(np.uint8)
+    return blocks.reshape(-1)
+
+
+def _float_blocks(w: np.ndarray) -> np.ndarray:
+    if not isinstance(w, np.ndarray) or w.dtype != np.float32:
+        raise FormatError(f"TQ2_0: encode needs a float32 array, got {getattr(w, 'dtype', type(w).__name__)}")
+    if w.ndim == 0 or w.shape[-1] % BLOCK_ELEMS:
+        raise FormatError(f"TQ2_0: array shape {w.shape}: last axis must be a multiple of {BLOCK_ELEMS}")
+    if not np.isfinite(w).all():
+        bad = np.unravel_index(np.argmin(np.isfinite(w)), w.shape)
+        raise FormatError(f"TQ2_0: cannot encode non-finite value {w[bad]} at index {tuple(map(int, bad))}")
+    return np.ascontiguousarray(w).reshape(-1, BLOCK_ELEMS)
+
+
+def _ternary_blocks(t: np.ndarray) -> np.ndarray:
+    if not isinstance(t, np.ndarray) or t.dtype != np.int8 or t.ndim != 2:
+        what = f"{t.dtype} array of shape {t.shape}" if isinstance(t, np.ndarray) else type(t).__name__
+        raise FormatError(f"TQ2_0: encode_ternary needs a 2-D int8 array (M, K), got {what}")
+    if t.shape[1] % BLOCK_ELEMS:
+        raise FormatError(f"TQ2_0: K = {t.shape[1]} is not a multiple of the block size {BLOCK_ELEMS}")
+    bad = np.abs(t.astype(np.int16)) > 1
+    if bad.any():
+        m, k = np.argwhere(bad)[0]
+        raise FormatError(f"TQ2_0: value {int(t[m, k])} at [{m}, {k}] is not ternary (-1, 0, +1)")
+    return np.ascontiguousarray(t).reshape(-1, BLOCK_ELEMS)
+
+
+def _check_scale(scale: float) -> np.float32:
+    s = np.float32(scale)
+    if not np.isfinite(s) or s < 0 or s > F16_MAX:
+        raise FormatError(f"TQ2_0: scale {scale!r} must be finite, >= 0 and at most {F16_MAX} (f16 range)")
+    return s
+
+
+def _numpy_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 0 or any(int(d) <= 0 for d in shape):
+        raise FormatError(f"TQ2_0: shape {tuple(shape)} must have one or more positive extents (ne order)")
+    return tuple(int(d) for d in reversed(shape))
+
+
+def _raw_blocks(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+        raise FormatError(f"TQ2_0: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
+    _numpy_shape(shape)
+    if raw.size != nbytes(shape):
+        raise FormatError(f"TQ2_0: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
+    return raw.reshape(-1, BLOCK_BYTES)
