@@ -1,0 +1,417 @@
+"""The `bitnet-ref` command line: a table of subcommands, each an add-arguments function and a run function.
+
+To add a subcommand, write `add_arguments(parser)` and `run(args, console) -> int` (exit status) in its own module and
+add one `Command` line to COMMANDS. Library errors (BitnetRefError) end any command with a one-line message and 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bitnet_ref import __version__, formats
+from bitnet_ref.config import FFN_ACTS, ModelConfig
+from bitnet_ref.constants import (
+    KEY_ARCHITECTURE,
+    KEY_FILE_TYPE,
+    KEY_MERGES,
+    KEY_TOKEN_TYPE,
+    KEY_TOKENIZER_MODEL,
+    KEY_TOKENIZER_PRE,
+    KEY_TOKENS,
+    GGMLType,
+    TokenType,
+)
+from bitnet_ref.errors import BitnetRefError
+from bitnet_ref.formats import i2_s
+from bitnet_ref.gguf_file import GGUFFile, TensorInfo, check_scales, read_gguf
+from bitnet_ref.synth import ARCHS, DIM_NAMES, FORMATS, PRESETS, cached_model, synth_model
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, how it adds its arguments and how it runs."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Console], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with argv (sys.argv[1:] when None) and return the exit status."""
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        return args.command.run(args, console)
+    except BitnetRefError as e:
+        Console(stderr=True, highlight=False).print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one subparser per entry of COMMANDS."""
+    parser = argparse.ArgumentParser(prog="bitnet-ref", description="BitNet b1.58 reference engine tools")
+    parser.add_argument("--version", action="version", version=f"bitnet-ref {__version__}")
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(command=cmd)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# synth
+
+
+def add_synth_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `bitnet-ref synth`."""
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny", help="model shape preset (default tiny)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="tq2_0", help="weight format (default tq2_0)")
+    p.add_argument("--arch", choices=ARCHS, default="bitnet", help="general.architecture (default bitnet)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--vocab", type=Path, help="copy the tokenizer of this vocab-only GGUF (default: built-in BPE)")
+    p.add_argument("-o", "--output", type=Path, help="output file (default: the cache, ~/.cache/bitnet-ref/models)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    for name in DIM_NAMES:
+        kind = float if name == "rope_base" else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the preset's {name}")
+
+
+def run_synth(args: argparse.Namespace, console: Console) -> int:
+    """Write (or find in the cache) a synthetic model and report its path."""
+    dims = {name: getattr(args, name) for name in DIM_NAMES}
+    kwargs = dict(preset=args.preset, fmt=args.fmt, arch=args.arch, seed=args.seed, vocab=args.vocab, **dims)
+    start = time.perf_counter()
+    with _progress_bar(console, args.quiet) as progress:
+        if args.output is None:
+            path = cached_model(progress=progress, **kwargs)
+        else:
+            path = synth_model(args.output, progress=progress, **kwargs)
+    seconds = time.perf_counter() - start
+    console.print(f"{path}  ({_human_bytes(path.stat().st_size)}, {seconds:.1f} s)", soft_wrap=True)
+    return 0
+
+
+@contextmanager
+def _progress_bar(console: Console, quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A synth progress callback drawing a rich bar of bytes written (None when quiet or not on a terminal)."""
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("header", total=None)
+
+        def update(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=name or "header")
+
+        yield update
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# inspect
+
+
+def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `bitnet-ref inspect`."""
+    p.add_argument("file", type=Path, help="a GGUF file")
+    p.add_argument("--ffn-act", choices=FFN_ACTS, help="override the FFN activation when deriving the config")
+
+
+def run_inspect(args: argparse.Namespace, console: Console) -> int:
+    """Print architecture, config, tokenizer summary and the tensor table of a GGUF file."""
+    with read_gguf(args.file) as g:
+        _print_header(console, g)
+        _print_config(console, g, args.ffn_act)
+        _print_tokenizer(console, g)
+        console.print(tensor_table(g))
+    return 0
+
+
+def _print_header(console: Console, g: GGUFFile) -> None:
+    size = g.path.stat().st_size
+    console.print(
+        f"[bold]{g.path}[/]  {_human_bytes(size)}  GGUF v{g.version}, alignment {g.alignment}", soft_wrap=True
+    )
+    console.print(
+        f"architecture {g.metadata.get(KEY_ARCHITECTURE)!r}, file_type {g.metadata.get(KEY_FILE_TYPE)}, "
+        f"{len(g.metadata)} metadata keys, {len(g.tensors)} tensors",
+        soft_wrap=True,
+    )
+
+
+def _print_config(console: Console, g: GGUFFile, ffn_act: str | None) -> None:
+    try:
+        config = ModelConfig.from_gguf(g, ffn_act=ffn_act)
+    except BitnetRefError as e:
+        console.print(f"[yellow]no model config:[/] {e}", soft_wrap=True)
+        return
+    table = Table(title="config", show_header=False, title_justify="left", box=None)
+    table.add_column("field", style="cyan", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("source", style="dim")
+    info = config.describe()
+    sources = info.pop("sources")
+    info.pop("ffn_act_reason")  # the source column of ffn_act says it
+    for key, value in info.items():
+        table.add_row(key, f"{value:.7g}" if isinstance(value, float) else str(value), sources.get(key, ""))
+    console.print(table)
+
+
+def tokenizer_summary(g: GGUFFile) -> dict[str, object]:
+    """Model, pre-tokenizer, token and merge counts, token types and special tokens of a file's tokenizer."""
+    md = g.metadata
+    tokens = md.get(KEY_TOKENS) or []
+    types = Counter(_token_type_name(int(t)) for t in md.get(KEY_TOKEN_TYPE, []))
+    summary = {
+        "model": md.get(KEY_TOKENIZER_MODEL),
+        "pre": md.get(KEY_TOKENIZER_PRE),
+        "n_tokens": len(tokens),
+        "n_merges": len(md.get(KEY_MERGES) or []),
+        "token_types": dict(sorted(types.items())),
+    }
+    for key, value in md.items():
+        if key.startswith("tokenizer.ggml.") and key.endswith("_id"):
+            name = key.removeprefix("tokenizer.ggml.")
+            text = tokens[value] if isinstance(value, int) and 0 <= value < len(tokens) else "(out of range)"
+            summary[name] = f"{value} {text!r}"
+        elif key.startswith("tokenizer.ggml.add_"):
+            summary[key.removeprefix("tokenizer.ggml.")] = value
+    return summary
+
+
+def _print_tokenizer(console: Console, g: GGUFFile) -> None:
+    summary = tokenizer_summary(g)
+    if summary["model"] is None:
+        console.print("tokenizer: none", soft_wrap=True)
+        return
+    console.print("tokenizer: " + ", ".join(f"{k} {v}" for k, v in summary.items()), soft_wrap=True)
+
+
+def _token_type_name(t: int) -> str:
+    try:
+        return TokenType(t).name
+    except ValueError:
+        return str(t)
+
+
+def tensor_table(g: GGUFFile) -> Table:
+    """Rich table of a file's tensors: name, type, shape, bytes, bits per weight, and a total row."""
+    table = Table(title=f"{len(g.tensors)} tensors", title_justify="left")
+    for col, justify in (
+        ("name", "left"),
+        ("type", "left"),
+        ("shape", "left"),
+        ("bytes", "right"),
+        ("bits/w", "right"),
+    ):
+        table.add_column(col, justify=justify)
+    for t in g.tensors.values():
+        table.add_row(t.name, t.type.name, str(list(t.shape)), f"{t.nbytes:,}", f"{8 * t.nbytes / t.n_elements:.4g}")
+    n_bytes = sum(t.nbytes for t in g.tensors.values())
+    n_elems = sum(t.n_elements for t in g.tensors.values())
+    bits = f"{8 * n_bytes / n_elems:.4g}" if n_elems else "-"
+    table.add_section()
+    table.add_row("total", "", f"{n_elems:,} weights", f"{n_bytes:,}", bits)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# verify
+
+CHUNK_ELEMENTS = 1 << 22  # verify decodes big tensors in row chunks of about this many elements
+TERNARY_CHECKED = (GGMLType.TQ1_0, GGMLType.TQ2_0, GGMLType.I2_S)
+TL_TYPES = (GGMLType.TL1, GGMLType.TL2)
+
+
+class VerifyProblem(Exception):
+    """The first problem verify found in a tensor's data (internal to verify)."""
+
+
+@dataclass
+class Verdict:
+    """Outcome of verify: ok, or the stage and first problem; counts of what was checked."""
+
+    file: str
+    ok: bool = True
+    stage: str = "done"
+    problem: str | None = None
+    arch: str | None = None
+    n_tensors: int = 0
+    n_ternary: int = 0
+    elements: int = 0
+    types: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """One-line verdict."""
+        if not self.ok:
+            return f"FAIL {self.file}: {self.stage}: {self.problem}"
+        types = ", ".join(f"{n} {t}" for t, n in self.types.items())
+        ternary = (
+            f"{self.n_ternary} ternary tensors in {{-1,0,1}}*scale with finite positive scales"
+            if self.n_ternary
+            else "no ternary tensors"
+        )
+        skipped = f" ({len(self.skipped)} TL tensors: scales only, codes not decoded)" if self.skipped else ""
+        return (
+            f"OK {self.file}: {self.arch}, {self.n_tensors} tensors ({types}), {self.elements:,} values decoded, "
+            f"all finite, {ternary}{skipped} ({self.seconds:.1f} s)"
+        )
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `bitnet-ref verify`."""
+    p.add_argument("file", type=Path, help="a GGUF file")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the one-line verdict")
+
+
+def run_verify(args: argparse.Namespace, console: Console) -> int:
+    """Fully validate a model file; exit 0 with a one-line verdict or 1 naming the first problem."""
+    verdict = verify(args.file)
+    if args.json:
+        console.out(json.dumps(asdict(verdict) | {"verdict": verdict.line()}, indent=2), highlight=False)
+    else:
+        style = "green" if verdict.ok else "red"
+        console.print(verdict.line(), style=style, soft_wrap=True, markup=False)
+    return 0 if verdict.ok else 1
+
+
+def verify(path: Path) -> Verdict:
+    """Read and validate the header, every scale, the config and tensor shapes, then decode every tensor."""
+    start = time.perf_counter()
+    v = Verdict(file=str(path))
+    stage = "read"
+    try:
+        with read_gguf(path) as g:
+            v.arch, v.n_tensors = g.metadata.get(KEY_ARCHITECTURE), len(g.tensors)
+            v.types = dict(Counter(t.type.name for t in g.tensors.values()))
+            stage = "scales"
+            check_scales(g)
+            stage = "config"
+            ModelConfig.from_gguf(g).check_tensors(g)
+            stage = "tensors"
+            for info in g.tensors.values():
+                v.elements += _verify_tensor(g, info, v)
+    except (BitnetRefError, VerifyProblem) as e:
+        v.ok, v.stage, v.problem = False, stage, str(e)
+    v.seconds = time.perf_counter() - start
+    return v
+
+
+def _verify_tensor(g: GGUFFile, info: TensorInfo, v: Verdict) -> int:
+    """Decode one tensor chunk by chunk (values must be finite; ternary ones in {-1, 0, 1} * scale); returns the number
+    of values decoded. TL1/TL2 codes are not decoded: their tiling is a build setting the file does not record."""
+    if info.type in TL_TYPES:
+        v.skipped.append(info.name)
+        v.n_ternary += 1
+        return 0
+    fmt = formats.get(info.type)
+    raw = g.tensor_bytes(info.name)
+    if info.type == GGMLType.I2_S:
+        _check_i2_s_codes(info, raw)
+    for row0, chunk, shape in _row_chunks(info, raw):
+        w = fmt.decode(chunk, shape)
+        if info.type in TERNARY_CHECKED:
+            _check_ternary(info, row0, w, fmt.ternary(chunk, shape), fmt.scales(chunk, shape))
+        elif not np.isfinite(w).all():
+            r, c = np.argwhere(~np.isfinite(w.reshape(-1, info.cols)))[0]
+            raise VerifyProblem(f"tensor {info.name!r} row {row0 + r} col {c}: value {w.reshape(-1, info.cols)[r, c]}")
+    v.n_ternary += info.type in TERNARY_CHECKED
+    return info.n_elements
+
+
+def _row_chunks(info: TensorInfo, raw: np.ndarray) -> Iterator[tuple[int, np.ndarray, tuple[int, ...]]]:
+    """(first row, bytes, ggml shape) of consecutive row chunks; I2_S chunks carry the tensor's scale trailer."""
+    k, rows = info.cols, info.rows
+    if len(info.shape) < 2:
+        yield 0, raw, info.shape
+        return
+    step = max(1, CHUNK_ELEMENTS // k)
+    if info.type == GGMLType.I2_S:
+        codes, trailer = raw[: info.n_elements // 4], raw[info.n_elements // 4 :]
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            yield r0, np.concatenate([codes[r0 * k // 4 : r1 * k // 4], trailer]), (k, r1 - r0)
+        return
+    row_bytes = formats.get(info.type).nbytes((k,))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        yield r0, raw[r0 * row_bytes : r1 * row_bytes], (k, r1 - r0)
+
+
+def _check_ternary(info: TensorInfo, row0: int, w: np.ndarray, t: np.ndarray, scales: np.ndarray) -> None:
+    """Codes are -1, 0 or 1; a block with a nonzero code has a finite positive scale; values are 0 or +-scale."""
+    block = info.cols // scales.shape[-1] if scales.size > 1 else info.cols
+    shape3 = (-1, info.cols // block, block)
+    w3, t3 = w.reshape(shape3), t.reshape(shape3)
+    d = np.broadcast_to(scales.reshape(-1), (w3.shape[0] * w3.shape[1],)).reshape(w3.shape[:2])
+    bad = np.abs(t3.astype(np.int16)) > 1
+    if bad.any():
+        r, b, j = np.argwhere(bad)[0]
+        raise VerifyProblem(
+            f"tensor {info.name!r} row {row0 + r} col {b * block + j}: code value {t3[r, b, j]} (decodes to "
+            f"{w3[r, b, j]}) is not in {{-1, 0, 1}}"
+        )
+    bad_scale = (t3 != 0).any(axis=2) & ~((d > 0) & np.isfinite(d))
+    if bad_scale.any():
+        r, b = np.argwhere(bad_scale)[0]
+        raise VerifyProblem(f"tensor {info.name!r} row {row0 + r} block {b}: scale {d[r, b]} (expected finite, > 0)")
+    a = np.abs(w3)
+    bad = ~((a == 0) | (a == d[..., None]))
+    if bad.any():
+        r, b, j = np.argwhere(bad)[0]
+        raise VerifyProblem(
+            f"tensor {info.name!r} row {row0 + r} col {b * block + j}: value {w3[r, b, j]} is not in "
+            f"{{-1, 0, 1}} * {d[r, b]}"
+        )
+
+
+def _check_i2_s_codes(info: TensorInfo, raw: np.ndarray) -> None:
+    """I2_S code 3 is never written (the fork decodes it as 0, hiding it): find any."""
+    codes = raw[: info.n_elements // 4]
+    hits = np.flatnonzero((codes & (codes >> 1) & 0x55) != 0)
+    if hits.size:
+        byte = int(hits[0])
+        raise VerifyProblem(
+            f"tensor {info.name!r} byte {byte} (block {byte // (i2_s.BLOCK_X86 // 4)}) holds code 3, never written"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("synth", "write a synthetic BitNet b1.58 GGUF model", add_synth_arguments, run_synth),
+    Command(
+        "inspect", "show a GGUF file's architecture, config, tokenizer and tensors", add_inspect_arguments, run_inspect
+    ),
+    Command("verify", "validate a GGUF model completely, decoding every tensor", add_verify_arguments, run_verify),
+)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""Synthetic BitNet b1.58 models: realistic shapes and statistics, deterministic bytes, streamed to GGUF.
+
+Weights of the 7 linears per layer are ternary T times a per-tensor absmean scale, as BitNet b1.58 training produces:
+a master W ~ N(0, 1/K) is drawn, s = mean|W|, T = clamp(round(W / s), -1, 1), and the stored scale is s rounded to 8
+significant bits, so it is exact in f16 and bf16: every format (F32, F16, BF16, TQ1_0, TQ2_0, I2_S) then holds exactly
+the values T * scale (Q8_0 alone rounds them). Norm weights are 1 + N(0, 0.02^2) in F32; token embeddings are
+N(0, (2/sqrt(n_embd))^2) rounded to f16 and stored F16 (F32 for the f32 format), the head tied to them.
+Each tensor has its own numpy Generator seeded from (seed, tensor name), so bytes do not depend on the order of work.
+Files are written tensor by tensor (GGUFWriter), into a temporary file renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bitnet_ref import formats
+from bitnet_ref.config import ModelConfig
+from bitnet_ref.constants import (
+    ARCH_BITNET,
+    ARCH_BITNET_B158,
+    FORK_FILE_TYPE_I2_S,
+    KEY_ARCHITECTURE,
+    KEY_BLOCK_COUNT,
+    KEY_CONTEXT_LENGTH,
+    KEY_EMBEDDING_LENGTH,
+    KEY_FEED_FORWARD_LENGTH,
+    KEY_FILE_TYPE,
+    KEY_HEAD_COUNT,
+    KEY_HEAD_COUNT_KV,
+    KEY_NAME,
+    KEY_RMS_EPS,
+    KEY_ROPE_DIMENSION_COUNT,
+    KEY_ROPE_FREQ_BASE,
+    KEY_TOKENS,
+    KEY_VOCAB_SIZE,
+    TENSOR_TOKEN_EMBD,
+    FileType,
+    GGMLType,
+    ValueType,
+)
+from bitnet_ref.errors import ConfigError
+from bitnet_ref.formats import i2_s, tq2_0
+from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+from bitnet_ref.vocab import build_vocabulary
+
+SYNTH_VERSION = 1  # bump whenever the bytes for the same arguments change; part of every cache key
+ARCHS = (ARCH_BITNET, ARCH_BITNET_B158)
+FORMATS = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "i2_s")
+WEIGHT_TYPES = {
+    "f32": GGMLType.F32,
+    "f16": GGMLType.F16,
+    "bf16": GGMLType.BF16,
+    "q8_0": GGMLType.Q8_0,
+    "tq1_0": GGMLType.TQ1_0,
+    "tq2_0": GGMLType.TQ2_0,
+    "i2_s": GGMLType.I2_S,
+}
+FILE_TYPES = {
+    "f32": int(FileType.ALL_F32),
+    "f16": int(FileType.MOSTLY_F16),
+    "bf16": int(FileType.MOSTLY_BF16),
+    "q8_0": int(FileType.MOSTLY_Q8_0),
+    "tq1_0": int(FileType.MOSTLY_TQ1_0),
+    "tq2_0": int(FileType.MOSTLY_TQ2_0),
+    "i2_s": FORK_FILE_TYPE_I2_S,  # bitnet.cpp's numbering (FORMATS.md §2)
+}
+ROW_BLOCKS = {"q8_0": 32, "tq1_0": 256, "tq2_0": 256, "i2_s": i2_s.BLOCK_X86}  # K must be a multiple of these
+RMS_EPS = 1e-5
+NORM_NOISE = 0.02  # norm weights are 1 + N(0, NORM_NOISE^2)
+EMBD_GAIN = 2.0  # embedding std = EMBD_GAIN / sqrt(n_embd): tied-head logits have std ~ EMBD_GAIN
+SCALE_BITS = 8  # significant bits kept in a weight scale: exact in bf16 (8) and f16 (11)
+EMBD_CHUNK_ROWS = 4096  # token_embd is drawn in chunks of this many rows, one Generator per chunk
+KEY_SYNTH = "bitnet_ref.synth.{}"
+KEY_TWIN_SOURCE = "bitnet_ref.twin.source"
+TWIN_SUFFIX = ".tq2_0-twin.gguf"
+CACHE_ENV = "BITNET_REF_CACHE"  # overrides the cache root ~/.cache/bitnet-ref
+
+Progress = Callable[[str, int, int], None]  # (tensor name just written, bytes written so far, total bytes)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The dimensions a preset fixes and the CLI can override."""
+
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+    n_ctx: int
+    rope_base: float
+
+
+PRESETS = {
+    "tiny": Dims(n_embd=256, n_ff=512, n_layer=2, n_head=4, n_head_kv=2, n_vocab=512, n_ctx=256, rope_base=500000.0),
+    "small": Dims(
+        n_embd=512, n_ff=1536, n_layer=4, n_head=8, n_head_kv=2, n_vocab=4096, n_ctx=1024, rope_base=500000.0
+    ),
+    "2b4t": Dims(
+        n_embd=2560, n_ff=6912, n_layer=30, n_head=20, n_head_kv=5, n_vocab=128256, n_ctx=4096, rope_base=500000.0
+    ),
+}
+DIM_NAMES = tuple(Dims.__dataclass_fields__)
+
+
+def resolve_dims(preset: str, **dims: float | None) -> Dims:
+    """The preset's dimensions with the given overrides (None means keep the preset's)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r} is unknown; presets: {', '.join(PRESETS)}")
+    unknown = sorted(set(dims) - set(DIM_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown dimension(s) {', '.join(unknown)}; overridable: {', '.join(DIM_NAMES)}")
+    given = {k: v for k, v in dims.items() if v is not None}
+    for k, v in given.items():
+        if k == "rope_base":
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 < v < math.inf:
+                raise ConfigError(f"rope_base = {v!r}; expected a positive finite number")
+        elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ConfigError(f"{k} = {v!r}; expected a positive integer")
+    resolved = replace(PRESETS[preset], **given)
+    return replace(resolved, rope_base=float(resolved.rope_base))
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]  # ggml ne order
+    type: GGMLType
+    kind: str  # "embd", "norm" or "linear"
+
+    @property
+    def nbytes(self) -> int:
+        return formats.get(self.type).nbytes(self.shape)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a synthetic file holds, decided before any tensor is drawn."""
+
+    seed: int
+    metadata: list[tuple[str, object, tuple[ValueType, ...]]]
+    tensors: list[_Tensor]
+
+
+def synth_model(
+    path: str | os.PathLike,
+    *,
+    preset: str = "tiny",
+    fmt: str = "tq2_0",
+    arch: str = ARCH_BITNET,
+    seed: int = 0,
+    vocab: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    **dims: float | None,
+) -> Path:
+    """Write a synthetic BitNet GGUF to path (streaming, atomically) and return the path."""
+    plan = _plan(preset, fmt, arch, seed, vocab, dims)
+    path = Path(path)
+    with _atomic(path) as tmp:
+        _write(tmp, plan, progress)
+    return path
+
+
+def cached_model(
+    *,
+    preset: str = "tiny",
+    fmt: str = "tq2_0",
+    arch: str = ARCH_BITNET,
+    seed: int = 0,
+    vocab: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    **dims: float | None,
+) -> Path:
+    """Path of the synthetic model for these arguments under the cache, generated on first use."""
+    path = cache_path(preset=preset, fmt=fmt, arch=arch, seed=seed, vocab=vocab, **dims)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synth_model(path, preset=preset, fmt=fmt, arch=arch, seed=seed, vocab=vocab, progress=progress, **dims)
+    return path
+
+
+def cache_dir() -> Path:
+    """Root of generated models: $BITNET_REF_CACHE or ~/.cache/bitnet-ref, with models/ below it."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bitnet-ref"
+    return Path(root) / "models"
+
+
+def cache_path(
+    *,
+    preset: str = "tiny",
+    fmt: str = "tq2_0",
+    arch: str = ARCH_BITNET,
+    seed: int = 0,
+    vocab: str | os.PathLike | None = None,
+    **dims: float | None,
+) -> Path:
+    """Cache file name: readable arguments plus a short hash of all of them and SYNTH_VERSION."""
+    resolved = resolve_dims(preset, **dims)
+    _check_choice("fmt", fmt, FORMATS)
+    _check_choice("arch", arch, ARCHS)
+    key = {
+        "version": SYNTH_VERSION,
+        "preset": preset,
+        "fmt": fmt,
+        "arch": arch,
+        "seed": int(seed),
+        "dims": asdict(resolved),
+        "vocab": _file_digest(vocab) if vocab is not None else None,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    custom = "" if resolved == PRESETS[preset] else "-custom"
+    vocab_tag = "" if vocab is None else "-" + Path(vocab).stem
+    return cache_dir() / f"{preset}{custom}-{arch}-{fmt}-seed{seed}{vocab_tag}-v{SYNTH_VERSION}-{digest}.gguf"
+
+
+def tq2_0_twin(i2s_path: str | os.PathLike, progress: Progress | None = None) -> Path:
+    """A TQ2_0 copy with arch `bitnet` (llama.cpp-loadable) of an I2_S file, cached beside it.
+
+    Ternary patterns are copied exactly; each block's d is fp16(scale), so the copy is lossless when the I2_S scale is
+    f16-representable (every synthetic file) and within 2^-11 relative otherwise."""
+    src = Path(i2s_path)
+    out = src.with_name(src.name.removesuffix(".gguf") + TWIN_SUFFIX)
+    if out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        return out
+    with _atomic(out) as tmp:
+        _write_twin(src, tmp, progress)
+    return out
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A unique temporary path beside path, renamed to path when the block succeeds and removed in any case."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary readable file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Planning
+
+
+def _plan(
+    preset: str, fmt: str, arch: str, seed: int, vocab: str | os.PathLike | None, dims: dict[str, float | None]
+) -> _Plan:
+    _check_choice("fmt", fmt, FORMATS)
+    _check_choice("arch", arch, ARCHS)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed = {seed!r}; expected a non-negative integer")
+    tokenizer = _vocab_file_kv(vocab) if vocab is not None else None
+    if tokenizer is not None:
+        n_tokens = len(tokenizer[KEY_TOKENS][0])
+        if dims.get("n_vocab") not in (None, n_tokens):
+            raise ConfigError(f"n_vocab = {dims['n_vocab']} but the vocabulary {vocab} has {n_tokens} tokens")
+        dims = {**dims, "n_vocab": n_tokens}
+    resolved = resolve_dims(preset, **dims)
+    _check_blocks(resolved, fmt)
+    if tokenizer is None:
+        kv = [(k, v, t) for k, v, t in build_vocabulary(resolved.n_vocab).metadata()]
+    else:
+        kv = [(k, v, t) for k, (v, t) in tokenizer.items()]
+    metadata = _arch_metadata(resolved, fmt, arch, preset, int(seed)) + kv
+    config = ModelConfig.from_metadata({k: v for k, v, _ in metadata}, {}, where=f"synthetic {preset}")
+    return _Plan(int(seed), metadata, _tensors(config, fmt))
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} = {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_blocks(dims: Dims, fmt: str) -> None:
+    """Every linear's K (n_embd, n_ff) must be a multiple of the format's block."""
+    block = ROW_BLOCKS.get(fmt, 1)
+    for name in ("n_embd", "n_ff"):
+        value = getattr(dims, name)
+        if value % block:
+            raise ConfigError(f"{name} = {value} is not a multiple of {block}, which {fmt.upper()} rows need")
+
+
+def _arch_metadata(dims: Dims, fmt: str, arch: str, preset: str, seed: int) -> list:
+    """general.* and <arch>.* keys (FORMATS.md §9) and the bitnet_ref.synth.* provenance keys."""
+    u32, f32, s = (ValueType.UINT32,), (ValueType.FLOAT32,), (ValueType.STRING,)
+    a = {"arch": arch}
+    return [
+        (KEY_ARCHITECTURE, arch, s),
+        (KEY_NAME, f"bitnet-ref synthetic {preset}", s),
+        (KEY_FILE_TYPE, FILE_TYPES[fmt], u32),
+        (KEY_VOCAB_SIZE.format(**a), dims.n_vocab, u32),
+        (KEY_CONTEXT_LENGTH.format(**a), dims.n_ctx, u32),
+        (KEY_EMBEDDING_LENGTH.format(**a), dims.n_embd, u32),
+        (KEY_BLOCK_COUNT.format(**a), dims.n_layer, u32),
+        (KEY_FEED_FORWARD_LENGTH.format(**a), dims.n_ff, u32),
+        (KEY_HEAD_COUNT.format(**a), dims.n_head, u32),
+        (KEY_HEAD_COUNT_KV.format(**a), dims.n_head_kv, u32),
+        (KEY_ROPE_DIMENSION_COUNT.format(**a), dims.n_embd // dims.n_head, u32),
+        (KEY_ROPE_FREQ_BASE.format(**a), dims.rope_base, f32),
+        (KEY_RMS_EPS.format(**a), RMS_EPS, f32),
+        (KEY_SYNTH.format("version"), SYNTH_VERSION, u32),
+        (KEY_SYNTH.format("preset"), preset, s),
+        (KEY_SYNTH.format("format"), fmt, s),
+        (KEY_SYNTH.format("seed"), seed, (ValueType.UINT64,)),
+    ]
+
+
+def _tensors(config: ModelConfig, fmt: str) -> list[_Tensor]:
+    """The tensors of the file in writing order, with their types: F32 norms, F16 (or F32) embeddings."""
+    embd_type = GGMLType.F32 if fmt == "f32" else GGMLType.F16
+    out = []
+    for name, shape in config.expected_tensors().items():
+        if name == TENSOR_TOKEN_EMBD:
+            out.append(_Tensor(name, shape, embd_type, "embd"))
+        elif len(shape) == 1:
+            out.append(_Tensor(name, shape, GGMLType.F32, "norm"))
+        else:
+            out.append(_Tensor(name, shape, WEIGHT_TYPES[fmt], "linear"))
+    return out
+
+
+def _vocab_file_kv(vocab: str | os.PathLike) -> dict[str, tuple[object, tuple[ValueType, ...]]]:
+    """Every tokenizer.* key of a (vocab-only) GGUF, with its exact value types."""
+    with read_gguf(vocab) as g:
+        kv = {k: (v, g.value_types[k]) for k, v in g.metadata.items() if k.startswith("tokenizer.")}
+    if KEY_TOKENS not in kv:
+        raise ConfigError(f"{vocab}: no {KEY_TOKENS}; --vocab needs a GGUF with a tokenizer")
+    return kv
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Drawing and writing
+
+
+def _write(path: Path, plan: _Plan, progress: Progress | None) -> None:
+    total = sum(t.nbytes for t in plan.tensors)
+    if progress is not None:
+        progress("", 0, total)
+    done = 0
+    with GGUFWriter(path) as w:
+        for key, value, types in plan.metadata:
+            w.add_kv(key, value, types)
+        for t in plan.tensors:
+            w.add_tensor(t.name, t.shape, t.type, t.nbytes)
+        w.write_header()
+        for t in plan.tensors:
+            w.write_tensor(t.name, tensor_bytes(t.name, t.shape, t.type, t.kind, plan.seed))
+            done += t.nbytes
+            if progress is not None:
+                progress(t.name, done, total)
+
+
+def tensor_bytes(name: str, shape: tuple[int, ...], type_id: GGMLType, kind: str, seed: int) -> np.ndarray:
+    """The encoded bytes of one synthetic tensor (kind "embd", "norm" or "linear")."""
+    if kind == "embd":
+        return embedding(name, shape, seed, np.float32 if type_id == GGMLType.F32 else np.float16).view(np.uint8)
+    if kind == "norm":
+        return formats.get(type_id).encode(norm_weight(name, shape[0], seed))
+    t, scale = ternary_weight(name, shape, seed)
+    fmt = formats.get(type_id)
+    if hasattr(fmt, "encode_ternary"):
+        return fmt.encode_ternary(t, scale)
+    return fmt.encode(t.astype(np.float32) * np.float32(scale))
+
+
+def rng_for(seed: int, name: str) -> np.random.Generator:
+    """The Generator of one tensor (or chunk): seeded from (seed, name) only."""
+    name_key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), name_key]))
+
+
+def ternary_weight(name: str, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, float]:
+    """(T int8 (M, K) in {-1, 0, 1}, scale) for a linear of ggml shape [K, M]: absmean ternarization of N(0, 1/K)."""
+    k, m = shape
+    w = rng_for(seed, name).standard_normal((m, k), dtype=np.float32)
+    absmean = float(np.abs(w).sum(dtype=np.float32)) / w.size  # mean |W| of the N(0, 1) draw
+    w *= np.float32(1.0 / absmean)
+    np.rint(w, out=w)
+    np.clip(w, -1, 1, out=w)
+    return w.astype(np.int8), representable_scale(absmean / math.sqrt(k))
+
+
+def representable_scale(x: float) -> float:
+    """x rounded to SCALE_BITS significant bits (exact in bf16 and, in its normal range, f16)."""
+    mantissa, exponent = math.frexp(x)
+    return math.ldexp(round(mantissa * (1 << SCALE_BITS)) / (1 << SCALE_BITS), exponent)
+
+
+def norm_weight(name: str, n: int, seed: int) -> np.ndarray:
+    """RMSNorm weight: 1 + N(0, NORM_NOISE^2), float32."""
+    return (1.0 + NORM_NOISE * rng_for(seed, name).standard_normal(n)).astype(np.float32)
+
+
+def embedding(name: str, shape: tuple[int, ...], seed: int, dtype: type) -> np.ndarray:
+    """Token embeddings (n_vocab, n_embd), N(0, (EMBD_GAIN/sqrt(n_embd))^2) rounded to f16, drawn in row chunks."""
+    n_embd, n_vocab = shape
+    std = np.float32(EMBD_GAIN / math.sqrt(n_embd))
+    out = np.empty((n_vocab, n_embd), dtype=dtype)
+    for chunk, r0 in enumerate(range(0, n_vocab, EMBD_CHUNK_ROWS)):
+        r1 = min(r0 + EMBD_CHUNK_ROWS, n_vocab)
+        x = rng_for(seed, f"{name}#{chunk}").standard_normal((r1 - r0, n_embd), dtype=np.float32) * std
+        out[r0:r1] = x.astype(np.float16)
+    return out
+
+
+def _write_twin(src: Path, dst: Path, progress: Progress | None) -> None:
+    """Stream src's metadata (arch renamed to bitnet) and tensors (I2_S re-encoded as TQ2_0) to dst."""
+    with read_gguf(src) as g:
+        arch = g.arch
+        if not any(t.type == GGMLType.I2_S for t in g.tensors.values()):
+            raise ConfigError(f"{src}: no I2_S tensors; tq2_0_twin copies I2_S files")
+        types = {n: GGMLType.TQ2_0 if t.type == GGMLType.I2_S else t.type for n, t in g.tensors.items()}
+        total = sum(formats.get(types[n]).nbytes(t.shape) for n, t in g.tensors.items())
+        if progress is not None:
+            progress("", 0, total)
+        with GGUFWriter(dst, alignment=g.alignment) as w:
+            for key, value in g.metadata.items():
+                w.add_kv(*_twin_kv(key, value, arch), g.value_types[key])
+            w.add_kv(KEY_TWIN_SOURCE, src.name, ValueType.STRING)
+            for n, t in g.tensors.items():
+                w.add_tensor(n, t.shape, types[n])
+            w.write_header()
+            done = 0
+            for n, t in g.tensors.items():
+                raw = g.tensor_bytes(n)
+                if t.type == GGMLType.I2_S:
+                    raw = tq2_0.encode_ternary(i2_s.ternary(raw, t.shape), float(i2_s.scales(raw, t.shape)[0]))
+                w.write_tensor(n, raw)
+                done += formats.get(types[n]).nbytes(t.shape)
+                if progress is not None:
+                    progress(n, done, total)
+
+
+def _twin_kv(key: str, value: object, arch: str) -> tuple[str, object]:
+    """A metadata pair of the twin: arch bitnet, `<arch>.*` keys renamed to `bitnet.*`, file type TQ2_0."""
+    if key == KEY_ARCHITECTURE:
+        return key, ARCH_BITNET
+    if key == KEY_FILE_TYPE:
+        return key, int(FileType.MOSTLY_TQ2_0)
+    if key == KEY_SYNTH.format("format"):
+        return key, "tq2_0"
+    if key.startswith(arch + "."):
+        return ARCH_BITNET + key[len(arch) :], value
+    return key, value
