@@ -1,0 +1,128 @@
+"""Micro-benchmark of the ternary kernels on the 2B-4T shapes: weight GB/s per format, profile, ISA and thread count.
+
+    python -m bench.kernels [--reps 5] [--threads 1 2] [--prefill 8 128] [--formats tq2_0 i2_s] [--clock cpu]
+
+Decode (T = 1) reads each weight matrix from DRAM: every call uses the next of enough copies of the weights to
+overflow the caches. GB/s = packed weight bytes / time per call (median over reps; ISAs interleaved A B A B, since
+this machine kind's bandwidth drifts). Prefill reports GOP/s (2·M·K·T / time). Not a test: numbers vary with load.
+`--clock cpu` times with process CPU time divided by the thread count instead of wall time: on a shared, loaded
+machine it estimates what the kernel does when it has the cores (it cannot show poor thread scaling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numba
+import numpy as np
+
+from bitnet_ref.kernels import actquant, ternary
+from bitnet_ref.kernels.simd import available_isas, isa_id
+
+SHAPES = ((2560, 2560), (640, 2560), (6912, 2560), (2560, 6912))  # (M, K): q/o, k/v, gate/up, down of 2B-4T
+STREAM_BYTES = 256 << 20  # copies of one matrix add up to this much, far beyond L3
+KERNELS = {  # (format, profile) -> kernel
+    ("tq2_0", "q8k"): ternary.matmul_tq2_0_q8k,
+    ("tq1_0", "q8k"): ternary.matmul_tq1_0_q8k,
+    ("tq2_0", "i8"): ternary.matmul_tq2_0_i8,
+    ("tq1_0", "i8"): ternary.matmul_tq1_0_i8,
+    ("i2_s", "i8"): ternary.matmul_i2s_i8,
+}
+
+
+def weight_copies(fmt: str, M: int, K: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Read-only random weight bytes (valid f16 d / f32 scale), enough copies to stream from DRAM."""
+    n = ternary.weight_nbytes(fmt, M, K) + (28 if fmt == "i2_s" else 0)
+    base = rng.integers(0, 256, n, dtype=np.uint8)
+    if fmt == "i2_s":
+        base[M * K // 4 : M * K // 4 + 4] = np.array([0.5], "<f4").view(np.uint8)
+    else:
+        blk = 66 if fmt == "tq2_0" else 54
+        base.reshape(-1, blk)[:, -2:] = np.array([0.5], "<f2").view(np.uint8)
+    copies = []
+    for i in range(max(2, STREAM_BYTES // n)):
+        c = np.roll(base, i)
+        c.flags.writeable = False
+        copies.append(c)
+    return copies
+
+
+def activations(act: str, T: int, K: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Quantized activations of random float rows for profile `act`."""
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    if act == "q8k":
+        qs, d, bs = np.empty((T, K), np.int8), np.empty((T, K // 256), np.float32), np.empty((T, K // 16), np.int16)
+        actquant.quantize_q8_k(x, qs, d, bs)
+        return qs, d, bs
+    q, s, a = np.empty((T, K), np.int8), np.empty(T, np.float32), np.empty(T, np.int32)
+    actquant.quantize_i8_rows(x, q, s, a)
+    return q, s, a
+
+
+def time_calls(fn, copies, M, K, acts, out, isa, calls: int, cpu: bool) -> float:
+    """Seconds per call, cycling through the weight copies (CPU seconds per thread when `cpu`)."""
+    clock = time.process_time if cpu else time.perf_counter
+    fn(copies[0], M, K, *acts, out, isa)
+    t0 = clock()
+    for i in range(calls):
+        fn(copies[i % len(copies)], M, K, *acts, out, isa)
+    sec = (clock() - t0) / calls
+    return sec / numba.get_num_threads() if cpu else sec
+
+
+def bench_shape(fmt, act, M, K, T, isas, reps, rng, cpu=False) -> dict[str, float]:
+    """Median seconds per call of each ISA (interleaved) for one shape and token count."""
+    fn = KERNELS[(fmt, act)]
+    copies = weight_copies(fmt, M, K, rng)
+    acts = activations(act, T, K, rng)
+    out = np.empty((T, M), np.float32)
+    calls = max(3, min(len(copies), int(2e8 / (M * K * T))))
+    times: dict[str, list[float]] = {name: [] for name in isas}
+    for _ in range(reps):
+        for name in isas:
+            times[name].append(time_calls(fn, copies, M, K, acts, out, isa_id(name), calls, cpu))
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print decode GB/s and prefill GOP/s tables."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--prefill", type=int, nargs="*", default=[8, 128], help="token counts for the prefill table")
+    p.add_argument("--formats", nargs="+", default=["tq2_0", "tq1_0", "i2_s"])
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall time, or CPU time per thread")
+    args = p.parse_args(argv)
+    isas = list(available_isas())
+    rng = np.random.default_rng(0)
+    cpu = args.clock == "cpu"
+    print(f"kernel_isa() = {ternary.kernel_isa()}; ISAs timed: {', '.join(isas)}; numba {numba.__version__}")
+    print(f"clock: {args.clock}{' (process CPU time / threads)' if cpu else ''}")
+    print("decode (T = 1), weight GB/s, median of", args.reps)
+    print(f"{'format':8} {'act':4} {'M x K':>11} {'thr':>3} " + " ".join(f"{n:>10}" for n in isas))
+    for fmt, act in KERNELS:
+        if fmt not in args.formats:
+            continue
+        for M, K in SHAPES:
+            for nt in args.threads:
+                numba.set_num_threads(nt)
+                sec = bench_shape(fmt, act, M, K, 1, isas, args.reps, rng, cpu)
+                gbs = [ternary.weight_nbytes(fmt, M, K) / sec[n] / 1e9 for n in isas]
+                print(f"{fmt:8} {act:4} {M:>5}x{K:<5} {nt:>3} " + " ".join(f"{g:10.1f}" for g in gbs), flush=True)
+    if args.prefill:
+        print("prefill, GOP/s (2·M·K·T per call), 2560 x 6912")
+        for fmt, act in KERNELS:
+            if fmt not in args.formats:
+                continue
+            for T in args.prefill:
+                for nt in args.threads:
+                    numba.set_num_threads(nt)
+                    sec = bench_shape(fmt, act, 2560, 6912, T, isas, max(1, args.reps // 2), rng, cpu)
+                    gops = [2 * 2560 * 6912 * T / sec[n] / 1e9 for n in isas]
+                    print(f"{fmt:8} {act:4} T={T:<4} thr {nt} " + " ".join(f"{g:10.1f}" for g in gops), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Activation quantization before the ternary products: ggml's Q8_K blocks and bitnet's per-token int8 absmax.
+
+Both are exact reproductions of the C reference (bit for bit on finite input; NaN input gives unspecified codes):
+- `quantize_q8_k`: ggml-quants.c `quantize_row_q8_K_ref` (ggml-base, scalar, no FMA), per 256-block.
+- `quantize_i8_rows`: bitnet.cpp `quantize_row_i8_s`, per token row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+QK = 256  # elements per Q8_K block
+GROUP = 16  # elements per bsums entry
+
+
+@njit(cache=True)
+def _q8_k_block(x, qs, d, bsums, t, b):
+    """One Q8_K block: signed max of the first largest |x|, iscale = −127/max, codes min(127, rint(iscale·x))."""
+    o = QK * b
+    amax = np.float32(0.0)
+    mx = np.float32(0.0)
+    for j in range(QK):
+        v = x[t, o + j]
+        if abs(v) > amax:
+            amax = abs(v)
+            mx = v
+    if amax == 0:
+        d[t, b] = 0
+        qs[t, o : o + QK] = 0
+        bsums[t, GROUP * b : GROUP * (b + 1)] = 0
+        return
+    iscale = np.float32(-127.0) / mx
+    for g in range(QK // GROUP):
+        s = 0
+        for j in range(o + GROUP * g, o + GROUP * (g + 1)):
+            c = min(127, np.int32(np.rint(iscale * x[t, j])))
+            qs[t, j] = c
+            s += c
+        bsums[t, GROUP * b + g] = s
+    d[t, b] = np.float32(1.0) / iscale
+
+
+@njit(cache=True, parallel=True)
+def quantize_q8_k(x, qs, d, bsums):
+    """Q8_K of x f32 (T, K): qs i8 (T, K), d f32 (T, K/256), bsums i16 (T, K/16); ggml quantize_row_q8_K_ref exactly."""
+    for t in prange(x.shape[0]):
+        for b in range(x.shape[1] // QK):
+            _q8_k_block(x, qs, d, bsums, t, b)
+
+
+@njit(cache=True, parallel=True)
+def quantize_i8_rows(x, q, s, act_sum):
+    """Per-token absmax int8 of x f32 (T, K): s = f32(127/max(1e-5, max|x|)) (double), q = clamp(rint(f32(x·s))), Σq."""
+    T, K = x.shape
+    for t in prange(T):
+        amax = 1e-5
+        for k in range(K):
+            amax = max(amax, abs(np.float64(x[t, k])))
+        st = np.float32(127.0 / amax)
+        total = 0
+        for k in range(K):
+            c = min(127, max(-128, np.int32(np.rint(x[t, k] * st))))
+            q[t, k] = c
+            total += c
+        s[t] = st
+        act_sum[t] = total

@@ -1,0 +1,532 @@
+"""Ternary kernels and activation quantizers against plain numpy twins: integer paths and float epilogues exactly.
+
+The twins decode the packed bytes straight from the FORMATS.md layouts, sum in int64 and redo every float step in
+numpy float32 in the kernels' documented order (the FMA of the ggml profile exactly, with a round-to-odd float64
+sum). Outputs are compared with np.array_equal (so -0.0 == 0.0; no NaN is produced by these inputs).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from bitnet_ref.kernels import actquant, simd, ternary
+from bitnet_ref.kernels.simd import ISA_NAMES, available_isas, isa_id
+
+F32 = np.float32
+ISAS = [isa_id(name) for name in available_isas()]
+SHAPES = [(1, 256, 1), (17, 768, 2), (37, 1280, 3), (5, 512, 8)]  # (M, K, T): odd M, K = 256·odd, T = 1, 2, 3, 8
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# numpy twins: layouts
+
+
+def f16_pairs(raw: np.ndarray) -> np.ndarray:
+    """float32 values of little-endian f16 stored in the last axis (2 bytes)."""
+    return np.ascontiguousarray(raw).view("<f2")[..., 0].astype(F32)
+
+
+def trits(b: np.ndarray, n: int) -> np.ndarray:
+    """Trits 0..n-1 of TQ1_0 bytes, stacked on a new axis -2: ((b·3^i mod 256)·3) >> 8."""
+    b = b.astype(np.int64)[..., None, :]
+    return ((b * 3 ** np.arange(n)[:, None]) % 256 * 3) >> 8
+
+
+def codes_tq2_0(w: np.ndarray, M: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unsigned codes (M, K) and block d (M, K/256) of TQ2_0 bytes."""
+    blk = w[: M * K // 256 * 66].reshape(M, K // 256, 66)
+    qs = blk[:, :, :64].reshape(M, K // 256, 2, 1, 32)
+    codes = (qs >> np.array([0, 2, 4, 6]).reshape(4, 1)) & 3  # [m, b, half, field, byte] -> 128h + 32f + byte
+    return codes.reshape(M, K).astype(np.int64), f16_pairs(blk[:, :, 64:66])
+
+
+def codes_tq1_0(w: np.ndarray, M: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unsigned codes (M, K) and block d (M, K/256) of TQ1_0 bytes."""
+    blk = w[: M * K // 256 * 54].reshape(M, K // 256, 54)
+    parts = [trits(blk[:, :, :32], 5), trits(blk[:, :, 32:48], 5), trits(blk[:, :, 48:52], 4)]
+    codes = np.concatenate([p.reshape(M, K // 256, -1) for p in parts], axis=2)
+    return codes.reshape(M, K), f16_pairs(blk[:, :, 52:54])
+
+
+def codes_i2s(w: np.ndarray, M: int, K: int) -> tuple[np.ndarray, np.float32]:
+    """Unsigned codes (M, K) and the f32 scale of I2_S (x86 128-block) bytes."""
+    q = w[: M * K // 4].reshape(-1, 32)
+    codes = (q[:, None, :] >> np.array([6, 4, 2, 0]).reshape(4, 1)) & 3  # [block, g, p] -> 128·block + 32g + p
+    return codes.reshape(M, K).astype(np.int64), w[M * K // 4 : M * K // 4 + 4].view("<f4")[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# numpy twins: arithmetic
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Correctly rounded float32 fma: exact product in f64, f64 sum rounded to odd, then to f32."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = np.broadcast_to(c, p.shape).astype(np.float64)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    fix = (err != 0) & ((s.view(np.int64) & 1) == 0)
+    s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(F32)
+
+
+def hsum8(a: np.ndarray) -> np.ndarray:
+    """ggml hsum_float_8 over the last axis, float32."""
+    return ((a[..., 4] + a[..., 0]) + (a[..., 6] + a[..., 2])) + ((a[..., 5] + a[..., 1]) + (a[..., 7] + a[..., 3]))
+
+
+def twin_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_row_q8_K_ref in numpy."""
+    T, K = x.shape
+    xb = x.reshape(T, K // 256, 256)
+    mx = np.take_along_axis(xb, np.abs(xb).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    zero = mx == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = F32(-127.0) / np.where(zero, F32(1), mx)
+        qs = np.minimum(127, np.rint(iscale[..., None] * xb))
+        d = F32(1.0) / iscale
+    qs = np.where(zero[..., None], 0, qs).astype(np.int8)
+    d = np.where(zero, F32(0), d).astype(F32)
+    bsums = qs.astype(np.int64).reshape(T, K // 256, 16, 16).sum(-1).astype(np.int16)
+    return qs.reshape(T, K), d, bsums.reshape(T, K // 16)
+
+
+def twin_i8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bitnet.cpp quantize_row_i8_s in numpy."""
+    amax = np.maximum(1e-5, np.abs(x.astype(np.float64)).max(axis=1))
+    s = (127.0 / amax).astype(F32)
+    q = np.clip(np.rint(x * s[:, None]), -128, 127).astype(np.int8)
+    return q, s, q.astype(np.int64).sum(1).astype(np.int32)
+
+
+def twin_ggml(codes, dw, qs, dx, bsums) -> np.ndarray:
+    """ggml x86 TQ vec_dot: 8 lanes per block, lane k = elements with (e mod 32) in [4k, 4k+3], fma, hsum8."""
+    M, K = codes.shape
+    T, nb = qs.shape[0], K // 256
+    u = codes.reshape(M, nb, 8, 8, 4)
+    q = qs.astype(np.int64).reshape(T, nb, 8, 8, 4)
+    lanes = np.einsum("mbckj,tbckj->tmbk", u, q) - bsums.astype(np.int64).reshape(T, 1, nb, 8, 2).sum(-1)
+    db = dx[:, None, :] * dw[None, :, :]  # f32 (T, M, nb)
+    acc = np.zeros((T, M, 8), F32)
+    for b in range(nb):
+        acc = fma32(lanes[:, :, b, :].astype(F32), db[:, :, b, None], acc)
+    return hsum8(acc)
+
+
+def twin_tq_i8(codes, dw, q, s) -> np.ndarray:
+    """bitnet TQ: acc = f32(acc + f32(f32(D_b)·d_b)) in block order, y = acc / s."""
+    M, K = codes.shape
+    T, nb = q.shape[0], K // 256
+    D = np.einsum("mbe,tbe->tmb", (codes - 1).reshape(M, nb, 256), q.astype(np.int64).reshape(T, nb, 256))
+    acc = np.zeros((T, M), F32)
+    for b in range(nb):
+        acc = acc + D[:, :, b].astype(F32) * dw[None, :, b]
+    return acc / s[:, None]
+
+
+def twin_i2s(codes, scale, q, s, act_sum) -> np.ndarray:
+    """bitnet.cpp I2_S: ((float)sumi − (float)act_sum) / s · scale in f32, sumi = Σ code·q."""
+    sumi = q.astype(np.int64) @ codes.T  # (T, M)
+    return (sumi.astype(F32) - act_sum.astype(F32)[:, None]) / s[:, None] * scale
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    """The weights as the engine passes them: a read-only view (like a memmap opened 'r')."""
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def f16_bytes(v: np.ndarray) -> np.ndarray:
+    """Little-endian f16 bytes of v, on a new last axis of 2."""
+    return np.asarray(v, dtype="<f2").reshape(*np.shape(v), 1).view(np.uint8)
+
+
+def special_codes(rng, M: int, K: int) -> np.ndarray:
+    """Unsigned codes (M, K) in {0,1,2}: random rows, with whole blocks of all 0 / all 1 / all 2 codes."""
+    codes = rng.integers(0, 3, (M, K // 256, 256))
+    for b in range(K // 256):
+        codes[(b * 5) % M, b, :] = b % 3
+    if M > 2:
+        codes[1] = 1  # an all-zero weight row
+    return codes.reshape(M, K)
+
+
+def block_ds(rng, M: int, nb: int) -> np.ndarray:
+    """f16 block scales: absmax-like positives, some zero, negative and subnormal ones."""
+    d = rng.uniform(0.001, 2.0, (M, nb)).astype(np.float16)
+    d.flat[:: max(1, d.size // 3)] = 0
+    d.flat[1::7] = -0.25
+    d.flat[2::11] = np.float16(3e-7)  # subnormal
+    return d
+
+
+def pack_tq2_0(codes: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """TQ2_0 bytes from codes (M, K) and f16 d (M, K/256): qs[32h + m] holds 128h + 32f + m at bits 2f."""
+    M, K = codes.shape
+    c = codes.reshape(M, K // 256, 2, 4, 32).astype(np.uint8)
+    qs = (c << np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)).sum(axis=3, dtype=np.uint8).reshape(M, K // 256, 64)
+    return np.concatenate([qs, f16_bytes(d)], axis=2).reshape(-1)
+
+
+def pack_tq1_0(codes: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """TQ1_0 bytes from codes (M, K) and f16 d, with the reference encoder's byte = ceil(256·q/243)."""
+    M, K = codes.shape
+    c = codes.reshape(M, K // 256, 256).astype(np.int64)
+
+    def bytes_of(t: np.ndarray, n: int) -> np.ndarray:  # t: [..., n, m] trits, trit 0 most significant
+        q = (t * 3 ** np.arange(n - 1, -1, -1)[:, None]).sum(-2) * (3 ** (5 - n))
+        return ((256 * q + 242) // 243).astype(np.uint8)
+
+    qs0 = bytes_of(c[:, :, :160].reshape(M, -1, 5, 32), 5)
+    qs1 = bytes_of(c[:, :, 160:240].reshape(M, -1, 5, 16), 5)
+    qh = bytes_of(c[:, :, 240:].reshape(M, -1, 4, 4), 4)
+    return np.concatenate([qs0, qs1, qh, f16_bytes(d)], axis=2).reshape(-1)
+
+
+def pack_i2s(codes: np.ndarray, scale: float) -> np.ndarray:
+    """I2_S bytes from codes (M, K): byte 32b + p holds 128b + p (bits 7-6), +32, +64, +96; f32 scale; 28 zeros."""
+    M, K = codes.shape
+    c = codes.reshape(-1, 4, 32).astype(np.uint8)
+    packed = (c << np.array([6, 4, 2, 0], np.uint8).reshape(4, 1)).sum(axis=1, dtype=np.uint8).reshape(-1)
+    return np.concatenate([packed, np.array([scale], "<f4").view(np.uint8), np.zeros(28, np.uint8)])
+
+
+def activations(rng, T: int, K: int) -> np.ndarray:
+    """float32 (T, K): normal rows with outliers, an all-zero block, an all-zero row (T > 2) and exact .5 ties."""
+    x = rng.standard_normal((T, K)).astype(F32) * F32(3.0)
+    x[:, 5] *= 40
+    x[0, 256:512] = 0
+    x[-1, :256] = np.arange(256, dtype=F32) * F32(0.5) - F32(63.5)  # half-integers -63.5 .. 64
+    x[-1, 0] = F32(-127.0)  # Q8_K block 0: max = -127, iscale = 1, so the half-integers are exact rint ties
+    if T > 2:
+        x[1] = 0
+    return x
+
+
+def weights(fmt: str, rng, M: int, K: int, random_bytes: bool):
+    """Packed bytes of `fmt` and the twin's (codes, scales); random_bytes also exercises code 3 and any byte."""
+    nb = K // 256
+    if fmt == "tq2_0":
+        w = pack_tq2_0(special_codes(rng, M, K), block_ds(rng, M, nb))
+        if random_bytes:
+            w.reshape(M, nb, 66)[:, :, :64] = rng.integers(0, 256, (M, nb, 64))
+        return readonly(w), codes_tq2_0(w, M, K)
+    if fmt == "tq1_0":
+        w = pack_tq1_0(special_codes(rng, M, K), block_ds(rng, M, nb))
+        if random_bytes:
+            w.reshape(M, nb, 54)[:, :, :52] = rng.integers(0, 256, (M, nb, 52))
+        return readonly(w), codes_tq1_0(w, M, K)
+    w = pack_i2s(special_codes(rng, M, K), 0.7183)
+    if random_bytes:
+        w[: M * K // 4] = rng.integers(0, 256, M * K // 4)
+    return readonly(w), codes_i2s(w, M, K)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tests: scalar helpers and activation quantization
+
+
+@numba.njit(cache=True)
+def _f16_all(out_hw, out_soft):
+    for h in range(65536):
+        out_hw[h] = simd.f16_to_f32(h)
+        out_soft[h] = simd.f16_to_f32_soft(h)
+
+
+def test_f16_to_f32_all_bit_patterns():
+    """Both f16 decoders give numpy's bits for all 65536 patterns; F16C may quiet signaling NaNs (as ggml's does)."""
+    hw, soft = np.empty(65536, F32), np.empty(65536, F32)
+    _f16_all(hw, soft)
+    want = np.arange(65536, dtype=np.uint16).view(np.float16).astype(F32)
+    assert np.array_equal(soft.view(np.uint32), want.view(np.uint32))
+    nan = np.isnan(want)
+    assert np.array_equal(hw[~nan].view(np.uint32), want[~nan].view(np.uint32)) and np.isnan(hw[nan]).all()
+
+
+def test_tq1_trit_rule():
+    """The SIMD trit rule [p ≥ 86] + [p ≥ 171] equals FORMATS.md's ((p·3^n mod 256)·3) >> 8 for every byte."""
+    p = np.arange(256)
+    assert np.array_equal((3 * p) >> 8, (p >= 86).astype(int) + (p >= 171))
+
+
+def test_layouts_match_the_format_encoders():
+    """The tests' packers agree with bitnet_ref.formats' encoders where those exist (same FORMATS.md layouts)."""
+    from bitnet_ref import formats
+
+    rng = np.random.default_rng(0)
+    t = rng.integers(-1, 2, (3, 512)).astype(np.int8)
+    checked = 0
+    for name, pack in (("tq2_0", pack_tq2_0), ("tq1_0", pack_tq1_0)):
+        mod = getattr(formats, name)
+        if hasattr(mod, "encode_ternary"):
+            got = mod.encode_ternary(t, 0.5)
+            want = pack(t.astype(np.int64) + 1, np.full((3, 2), 0.5, np.float16))
+            assert np.array_equal(got, want), name
+            checked += 1
+    if hasattr(formats.i2_s, "encode_ternary"):
+        assert np.array_equal(formats.i2_s.encode_ternary(t, 0.5), pack_i2s(t.astype(np.int64) + 1, 0.5))
+        checked += 1
+    if not checked:
+        pytest.skip("no format encoders yet")
+
+
+@pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280)])
+def test_quantize_q8_k_matches_ggml_reference(T, K):
+    """Q8_K codes, d and bsums equal quantize_row_q8_K_ref, incl. zero blocks, half-even ties, negative maxima."""
+    x = activations(np.random.default_rng(T), T, K)
+    x[0, -256:] = -np.abs(x[0, -256:])  # a block whose max is negative: d > 0
+    qs, d, bs = np.empty((T, K), np.int8), np.empty((T, K // 256), F32), np.empty((T, K // 16), np.int16)
+    actquant.quantize_q8_k(x, qs, d, bs)
+    want = twin_q8_k(x)
+    assert np.array_equal(qs, want[0]) and np.array_equal(d, want[1]) and np.array_equal(bs, want[2])
+    if K > 512:
+        assert d[0, 1] == 0 and not qs[0, 256:512].any()
+
+
+@pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280)])
+def test_quantize_i8_rows_matches_bitnet_cpp(T, K):
+    """Per-token absmax int8 equals quantize_row_i8_s, incl. a zero row (amax floor 1e-5) and exact ties."""
+    x = activations(np.random.default_rng(10 + T), T, K)
+    x[-1, :] = 0
+    x[-1, :4] = [127.0, 0.5, 1.5, -2.5]  # s = 1: half-even ties
+    q, s, a = np.empty((T, K), np.int8), np.empty(T, F32), np.empty(T, np.int32)
+    actquant.quantize_i8_rows(x, q, s, a)
+    want = twin_i8(x)
+    assert np.array_equal(q, want[0]) and np.array_equal(s, want[1]) and np.array_equal(a, want[2])
+    assert list(q[-1, :4]) == [127, 0, 2, -2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tests: ternary products
+
+
+def run_kernel(fmt: str, act: str, w, M: int, K: int, acts, isa: int) -> np.ndarray:
+    """Call matmul_<fmt>_<act> after the argument checks; returns out (T, M)."""
+    out = np.full((acts[0].shape[0], M), np.nan, F32)
+    ternary.check_matmul(fmt, act, w, M, K, *acts, out)
+    fn = getattr(ternary, f"matmul_{fmt}_{act}".replace("i2_s", "i2s"))
+    fn(w, M, K, *acts, out, isa)
+    return out
+
+
+def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Exact equality, reporting the worst element."""
+    if not np.array_equal(got, want):
+        bad = np.argwhere(got != want)
+        t, m = bad[0]
+        raise AssertionError(
+            f"{what}: {len(bad)} outputs differ; first (t={t}, m={m}): {got[t, m]!r} != {want[t, m]!r}"
+        )
+
+
+@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0"])
+@pytest.mark.parametrize("M,K,T", SHAPES)
+def test_ggml_profile_matches_x86_lane_twin(fmt, M, K, T):
+    """matmul_<tq>_q8k equals the 8-lane AVX2 vec_dot twin on every ISA path, canonical and random bytes."""
+    rng = np.random.default_rng(M * K + T)
+    x = activations(rng, T, K)
+    acts = twin_q8_k(x)
+    for random_bytes in (False, True):
+        w, (codes, dw) = weights(fmt, rng, M, K, random_bytes)
+        want = twin_ggml(codes, dw, *acts)
+        for isa in ISAS:
+            assert_same(run_kernel(fmt, "q8k", w, M, K, acts, isa), want, f"{fmt} q8k {ISA_NAMES[isa]} {M}x{K} T={T}")
+
+
+@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0", "i2_s"])
+@pytest.mark.parametrize("M,K,T", SHAPES)
+def test_bitnet_profile_matches_twin(fmt, M, K, T):
+    """matmul_<fmt>_i8 equals the exact integer dot and the documented f32 epilogue on every ISA path."""
+    rng = np.random.default_rng(M * K + T + 1)
+    x = activations(rng, T, K)
+    acts = twin_i8(x)
+    q, s, act_sum = acts
+    for random_bytes in (False, True):
+        w, (codes, scales) = weights(fmt, rng, M, K, random_bytes)
+        if fmt == "i2_s":
+            want = twin_i2s(codes, scales, q, s, act_sum)
+        else:
+            want = twin_tq_i8(codes, scales, q, s)
+        for isa in ISAS:
+            assert_same(run_kernel(fmt, "i8", w, M, K, acts, isa), want, f"{fmt} i8 {ISA_NAMES[isa]} {M}x{K} T={T}")
+
+
+def test_i2s_odd_block_count():
+    """I2_S rows of K = 128·odd (not a multiple of 256) work on every path."""
+    rng = np.random.default_rng(7)
+    M, K, T = 9, 384, 2
+    codes = rng.integers(0, 3, (M, K))
+    w = readonly(pack_i2s(codes, 1.5))
+    acts = twin_i8(activations(rng, T, K))
+    want = twin_i2s(codes, F32(1.5), *acts)
+    for isa in ISAS:
+        assert_same(run_kernel("i2_s", "i8", w, M, K, acts, isa), want, f"i2_s {ISA_NAMES[isa]}")
+
+
+def test_results_do_not_depend_on_thread_count():
+    """1 and 2 threads give identical outputs (every output is one thread's fixed-order sum)."""
+    rng = np.random.default_rng(3)
+    M, K, T = 37, 768, 3
+    x = activations(rng, T, K)
+    before = numba.get_num_threads()
+    try:
+        for fmt, act, acts in (("tq2_0", "q8k", twin_q8_k(x)), ("tq1_0", "i8", twin_i8(x)), ("i2_s", "i8", twin_i8(x))):
+            w, _ = weights(fmt, rng, M, K, True)
+            for isa in ISAS:
+                outs = []
+                for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                    numba.set_num_threads(n)
+                    outs.append(run_kernel(fmt, act, w, M, K, acts, isa))
+                    outs.append(run_kernel(fmt, act, w, M, K, tuple(a[:1] for a in acts), isa))
+                assert_same(outs[0], outs[2], f"{fmt} {act} threads T={T}")
+                assert_same(outs[1], outs[3], f"{fmt} {act} threads T=1")
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_prefill_equals_row_by_row_decode():
+    """A T-row product equals T one-row products (packed decode path vs decoded-codes prefill path)."""
+    rng = np.random.default_rng(4)
+    M, K, T = 17, 512, 6  # one group of 4 tokens, then 2 single tokens
+    x = activations(rng, T, K)
+    q8k, i8 = twin_q8_k(x), twin_i8(x)
+    for fmt, act, acts in (("tq2_0", "q8k", q8k), ("tq1_0", "q8k", q8k), ("tq2_0", "i8", i8), ("i2_s", "i8", i8)):
+        w, _ = weights(fmt, rng, M, K, False)
+        for isa in ISAS:
+            full = run_kernel(fmt, act, w, M, K, acts, isa)
+            rows = np.concatenate(
+                [run_kernel(fmt, act, w, M, K, tuple(a[t : t + 1] for a in acts), isa) for t in range(T)]
+            )
+            assert_same(full, rows, f"{fmt} {act} {ISA_NAMES[isa]}")
+
+
+def test_default_isa_is_reported():
+    """kernel_isa() names the default path, which the host can run; kernels called without isa use it."""
+    assert ternary.kernel_isa() in available_isas()
+    rng = np.random.default_rng(5)
+    w, (codes, scale) = weights("i2_s", rng, 3, 256, False)
+    acts = twin_i8(activations(rng, 1, 256))
+    out = np.empty((1, 3), F32)
+    ternary.matmul_i2s_i8(w, 3, 256, *acts, out)
+    assert_same(out, twin_i2s(codes, scale, *acts), "default isa")
+
+
+@pytest.mark.parametrize(
+    "fmt,M,K,nbytes",
+    [
+        ("tq2_0", 2, 384, 2 * 66),
+        ("tq1_0", 2, 256, 53),
+        ("i2_s", 2, 200, 132),
+        ("tq2_0", 0, 256, 0),
+        ("iq2_s", 1, 256, 99),
+    ],
+)
+def test_check_weight_rejects_bad_shapes(fmt, M, K, nbytes):
+    """K not a multiple of the block, too few bytes, no rows or an unknown format raise FormatError."""
+    from bitnet_ref.errors import FormatError
+
+    with pytest.raises(FormatError):
+        ternary.check_weight(fmt, np.zeros(nbytes, np.uint8), M, K)
+
+
+def test_check_matmul_rejects_bad_activations():
+    """Wrong dtype, shape or a missing array raise FormatError naming the kernel."""
+    from bitnet_ref.errors import FormatError
+
+    w = np.zeros(66 * 2, np.uint8)
+    q, s, a = np.zeros((1, 256), np.int8), np.zeros(1, F32), np.zeros(1, np.int32)
+    ternary.check_matmul("tq2_0", "i8", w, 2, 256, q, s, a, np.zeros((1, 2), F32))
+    for bad in ((q.astype(np.int16), s, a), (q, s.astype(np.float64), a), (q, s, a[:0]), (q, s)):
+        with pytest.raises(FormatError):
+            ternary.check_matmul("tq2_0", "i8", w, 2, 256, *bad, np.zeros((1, 2), F32))
+    with pytest.raises(FormatError):
+        ternary.check_matmul("tq2_0", "i8", w, 2, 256, q, s, a, np.zeros((2, 1), F32))
+    with pytest.raises(FormatError):
+        ternary.check_matmul("i2_s", "q8k", w, 2, 256, q, s, a, np.zeros((1, 2), F32))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# other hosts: compiled in a subprocess with a different target (NUMBA_CPU_FEATURES), each with its own cache
+
+_VNNI_COMPILE = """
+from numba import types as ty
+from bitnet_ref.kernels import ternary
+ro, i8, f1, i1 = ty.Array(ty.uint8, 1, "C", readonly=True), ty.Array(ty.int8, 2, "C"), ty.float32[::1], ty.int32[::1]
+f2, i16, n = ty.Array(ty.float32, 2, "C"), ty.Array(ty.int16, 2, "C"), ty.int64
+i2s = (ternary.matmul_i2s_i8, (ro, n, n, i8, f1, i1, f2, n))
+tq2 = (ternary.matmul_tq2_0_q8k, (ro, n, n, i8, f2, i16, f2, n))
+for fn, sig in (i2s, tq2):
+    fn.compile(sig)
+    print(fn.__name__, ternary.kernel_isa(), fn.inspect_asm(sig).count("vpdpbusd"))
+"""
+
+_GENERIC_RUN = """
+import sys
+import numpy as np
+sys.path.insert(0, "tests")
+import test_kernels_ternary as tk
+rng = np.random.default_rng(0)
+M, K, T = 17, 512, 6
+x = tk.activations(rng, T, K)
+for fmt, act in (("tq2_0", "q8k"), ("tq1_0", "q8k"), ("tq2_0", "i8"), ("i2_s", "i8")):
+    acts = tk.twin_q8_k(x) if act == "q8k" else tk.twin_i8(x)
+    w, (codes, sc) = tk.weights(fmt, rng, M, K, True)
+    if act == "q8k":
+        want = tk.twin_ggml(codes, sc, *acts)
+    else:
+        want = tk.twin_i2s(codes, sc, *acts) if fmt == "i2_s" else tk.twin_tq_i8(codes, sc, *acts[:2])
+    tk.assert_same(tk.run_kernel(fmt, act, w, M, K, acts, 1), want, fmt + " " + act + " generic IR")
+print("ok")
+"""
+
+
+def _run_with_features(tmp_path, code: str, edit) -> str:
+    """Run `code` in a fresh interpreter whose numba targets the host features changed by `edit`."""
+    import os
+    import subprocess
+    import sys
+
+    from numba.core.codegen import get_host_cpu_features
+
+    env = dict(os.environ, NUMBA_CPU_FEATURES=edit(get_host_cpu_features()), NUMBA_CACHE_DIR=str(tmp_path))
+    env["NUMBA_CPU_NAME"] = env.get("NUMBA_CPU_NAME") or "znver4"
+    env.pop("BITNET_KERNEL_ISA", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("avx2" not in simd.host_features(), reason="x86-64 host with AVX2 only")
+def test_vnni_path_compiles_to_vpdpbusd(tmp_path):
+    """On an avx512_vnni target (compile only: this host may not run it) the default ISA is VNNI and uses vpdpbusd."""
+
+    def enable(f: str) -> str:
+        for feat in ("avx512f", "avx512bw", "avx512dq", "avx512cd", "avx512vl", "avx512vnni"):
+            f = f.replace("-" + feat + ",", "+" + feat + ",")
+        return f
+
+    for line in _run_with_features(tmp_path, _VNNI_COMPILE, enable).splitlines():
+        name, isa, count = line.split()
+        assert isa == "avx512vnni" and int(count) > 0, line
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("avx2" not in simd.host_features(), reason="x86-64 host with AVX2 only")
+def test_generic_ir_path_without_avx2_fma_f16c(tmp_path):
+    """Forced onto a host without AVX2/FMA/F16C, the SIMD kernels' generic LLVM fallbacks still match the twins."""
+
+    def disable(f: str) -> str:
+        for feat in ("avx2", "fma", "f16c"):
+            f = f.replace("+" + feat + ",", "-" + feat + ",")
+        return f
+
+    assert _run_with_features(tmp_path, _GENERIC_RUN, disable).strip().endswith("ok")
