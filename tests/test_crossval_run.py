@@ -1,0 +1,106 @@
+"""Verdict logic of crossval.run on hand-made activations (no engines involved)."""
+
+import numpy as np
+import pytest
+
+from crossval import cases as C
+from crossval import points as P
+from crossval import run as R
+
+
+@pytest.fixture(scope="module")
+def th():
+    return R.load_thresholds()
+
+
+def _acts(n_layer=1, T=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal((T, 8)).astype(np.float32) for k in P.all_points(n_layer)}
+
+
+def _result(case, th, engine, ref, n_layer=1):
+    res = R.CaseResult(case)
+    R.compare_layers(res, engine, ref, P.all_points(n_layer), th)
+    R.decide(res, th)
+    return res
+
+
+def test_bounds_lookup_order():
+    th = {"profiles": {"p": {"nmse": {"default": 1.0, "Qcur": 2.0},
+                             "formats": {"BF16": {"default": 3.0, "Kcur": 4.0}}}}}
+    assert R.nmse_bound(th, "p", "tq2_0", "Kcur") == 1.0
+    assert R.nmse_bound(th, "p", "tq2_0", "Qcur") == 2.0
+    assert R.nmse_bound(th, "p", "bf16", "Qcur") == 3.0
+    assert R.nmse_bound(th, "p", "bf16", "Kcur") == 4.0
+
+
+def test_first_divergence_names_layer_and_point(th):
+    case = C.Case("tiny", "tq2_0", "hello", "ggml", 2)
+    ref = _acts(n_layer=2)
+    engine = {k: v.copy() for k, v in ref.items()}
+    for key in [("ffn_down", 1), ("ffn_sub_out", 1), ("result_output", -1)]:
+        engine[key] = engine[key] + 1.0
+    res = _result(case, th, engine, ref, n_layer=2)
+    assert res.verdict == R.FAIL and res.stage == "layers"
+    assert res.location.startswith("first divergence: layer 1 ffn_sub_out, NMSE ")
+    assert res.first["layer"] == 1 and res.first["point"] == "ffn_sub_out"
+    assert len(res.positions) == len(P.all_points(2)) * 3
+
+
+def test_expected_divergence_xfail_xpass_and_wrong_place(th):
+    case = C.Case("tiny", "tq2_0", "hello", "ggml", 2, arch="bitnet-b1.58")
+    ref = _acts()
+    at_ffn = {k: v + (1.0 if k == ("ffn_sub_out", 0) else 0.0) for k, v in ref.items()}
+    res = _result(case, th, at_ffn, ref)
+    assert res.verdict == R.XFAIL and "microsoft/BitNet/issues/588" in res.location
+    assert _result(case, th, ref, ref).verdict == R.XPASS
+    at_attn = {k: v + (1.0 if k == ("kqv_out", 0) else 0.0) for k, v in ref.items()}
+    wrong = _result(case, th, at_attn, ref)
+    assert wrong.verdict == R.FAIL and "kqv_out" in wrong.location and "expected relu2" in wrong.location
+
+
+def test_missing_point_is_recorded_not_gated(th):
+    case = C.Case("tiny", "tq2_0", "hello", "ggml", 2)
+    ref = _acts()
+    engine = {k: v for k, v in ref.items() if k != ("Vcur", 0)}
+    res = _result(case, th, engine, ref)
+    assert res.verdict == R.PASS
+    assert any(p["status"] == "not observed in bitnet_ref" for p in res.points)
+
+
+@pytest.mark.parametrize(("noise", "message"), [(0.5, "logits: r "), (0.006, "logits: position 2 r ")])
+def test_logits_and_greedy_gates(th, noise, message):
+    case = C.Case("tiny", "tq2_0", "hello", "ggml", 2)
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((4, 50))
+    res = R.CaseResult(case)
+    noisy = ref.copy()
+    noisy[2] += noise * rng.standard_normal(50)
+    R.compare_logits(res, noisy, ref, th)
+    R.compare_greedy(res, [1, 2, 3], [1, 2, 4], th)
+    R.decide(res, th)
+    assert res.verdict == R.FAIL and res.location.startswith(message), res.location
+    assert [f[0] for f in res.failures] == ["logits", "greedy"]
+    assert res.summary["logits_r_min_position"] == 2
+
+
+def test_greedy_is_only_reported_in_the_bitnet_profile(th):
+    bitnet = R.CaseResult(C.Case("tiny", "tq2_0", "hello", "bitnet", 2))
+    R.compare_greedy(bitnet, [1, 2, 3], [1, 2, 4], th)
+    assert bitnet.failures == [] and bitnet.summary["greedy_first_diff"] == 2
+
+
+def test_quick_matrix_shape():
+    quick = C.matrix(quick=True, user_model="")
+    ids = [c.id for c in quick]
+    assert len(ids) == len(set(ids))
+    assert {c.fmt for c in quick} == set(C.FORMATS) and {c.profile for c in quick} == set(C.PROFILES)
+    assert {c.threads for c in quick} == {1, 2} and any(c.arch == "bitnet-b1.58" for c in quick)
+    assert any(c.prompt == "long" for c in quick)
+    full = C.matrix(user_model="")
+    assert len(full) > len(quick) and {c.preset for c in full} == {"tiny", "small"}
+
+
+def test_long_prompt_fills_to_target():
+    text = C.long_prompt(lambda s: s.split(), 50)
+    assert 40 < len(text.split()) <= 50
