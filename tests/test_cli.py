@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitnet_ref import cli, synth
+from bitnet_ref import cli, synth, verify
 from bitnet_ref.formats import tq2_0
 from bitnet_ref.gguf_file import read_gguf
 
@@ -175,7 +175,7 @@ def test_verify_reports_unreadable_and_non_model_files(tmp_path, capsys, models)
 
 
 def test_verify_chunks_big_tensors_in_rows(monkeypatch, capsys, models):
-    monkeypatch.setattr(cli, "CHUNK_ELEMENTS", 1000)  # forces many chunks, also for I2_S (trailer per chunk)
+    monkeypatch.setattr(verify, "CHUNK_ELEMENTS", 1000)  # forces many chunks, also for I2_S (trailer per chunk)
     for path in models.values():
         rc, out, _ = run(capsys, "verify", path)
         assert rc == 0, out
