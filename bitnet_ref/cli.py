@@ -7,6 +7,7 @@ add one `Command` line to COMMANDS. Library errors (BitnetRefError) end any comm
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -33,8 +34,13 @@ from bitnet_ref.constants import (
     TokenType,
 )
 from bitnet_ref.errors import BitnetRefError
+from bitnet_ref.generate import GenerationResult, generate, warmup
 from bitnet_ref.gguf_file import GGUFFile, read_gguf
+from bitnet_ref.model import load_model
+from bitnet_ref.numerics import PROFILES
+from bitnet_ref.sampling import SamplerConfig, make_rng, resolve_seed
 from bitnet_ref.synth import ARCHS, DIM_NAMES, FORMATS, PRESETS, cached_model, synth_model
+from bitnet_ref.tokenizer import Tokenizer
 from bitnet_ref.verify import verify
 
 
@@ -250,6 +256,80 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# generate
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `bitnet-ref generate`."""
+    p.add_argument("-m", "--model", type=Path, required=True, help="a GGUF file")
+    p.add_argument("-p", "--prompt", required=True, help="the prompt text")
+    p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (default 64)")
+    defaults = SamplerConfig()
+    p.add_argument("--temp", type=float, default=defaults.temperature, help="temperature; <= 0 is greedy")
+    p.add_argument("--top-k", type=int, default=defaults.top_k)
+    p.add_argument("--top-p", type=float, default=defaults.top_p)
+    p.add_argument("--min-p", type=float, default=defaults.min_p)
+    p.add_argument("--repeat-penalty", type=float, default=defaults.repeat_penalty)
+    p.add_argument("--seed", type=int, default=None, help="RNG seed (else BITNET_SEED / BITNET_DETERMINISTIC / fresh)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--numerics", choices=sorted(PROFILES), default="bitnet", help="numerics profile (default bitnet)")
+    p.add_argument("--ffn-act", choices=FFN_ACTS, default=None, help="override the FFN activation")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def run_generate(args: argparse.Namespace, console: Console) -> int:
+    """Stream a generation, then print its timings and settings."""
+    model = load_model(args.model, numerics=args.numerics, n_threads=args.threads, ffn_act=args.ffn_act)
+    tokenizer = Tokenizer.from_gguf(model.gguf)
+    sampler = SamplerConfig(
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+    )
+    seed = resolve_seed(args.seed)
+    err = Console(stderr=True, highlight=False)
+    err.print(
+        f"[dim]{model.numerics} · ffn_act {model.config.ffn_act} ({model.config.ffn_act_source}) · "
+        f"threads {args.threads} · seed {seed} · {sampler.describe()}[/]",
+        soft_wrap=True,
+    )
+    compile_s = warmup(model)
+    result = None
+    for event in generate(model, tokenizer, args.prompt, args.n_predict, sampler, make_rng(seed), args.stop, compile_s):
+        if isinstance(event, GenerationResult):
+            result = event
+        else:
+            console.out(event.text, end="", highlight=False)
+    console.out("")
+    t = result.timings
+    err.print(
+        f"[dim]{t.prompt_tokens} prompt tokens: prefill {t.prefill_tok_s:.1f} tok/s · {t.generated_tokens} generated: "
+        f"decode {t.decode_tok_s:.1f} tok/s · time to first token {t.ttft_s * 1e3:.0f} ms · "
+        f"compile {compile_s:.1f} s · finish {result.finish_reason}[/]",
+        soft_wrap=True,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# crossval, bench, report: thin forwards to the harness packages (imported only when asked for, so the engine
+# stays usable without them)
+
+
+def _add_forward_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed on (see --help of the subcommand)")
+
+
+def _forward(module: str) -> Callable[[argparse.Namespace, Console], int]:
+    def run(args: argparse.Namespace, console: Console) -> int:
+        return importlib.import_module(module).main(args.args)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def _human_bytes(n: int) -> str:
@@ -266,6 +346,10 @@ COMMANDS: tuple[Command, ...] = (
         "inspect", "show a GGUF file's architecture, config, tokenizer and tensors", add_inspect_arguments, run_inspect
     ),
     Command("verify", "validate a GGUF model completely, decoding every tensor", add_verify_arguments, run_verify),
+    Command("generate", "generate text with the bitnet_ref engine", add_generate_arguments, run_generate),
+    Command("crossval", "compare bitnet_ref with llama.cpp", _add_forward_arguments, _forward("crossval.run")),
+    Command("bench", "time bitnet_ref and llama.cpp side by side", _add_forward_arguments, _forward("bench.run")),
+    Command("report", "rebuild HTML reports from records", _add_forward_arguments, _forward("reports.__main__")),
 )
 
 
