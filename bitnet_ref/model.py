@@ -1,0 +1,591 @@
+"""The BitNet b1.58 forward pass: Weights (views into the memory-mapped GGUF), KVCache, RunState, Model.forward.
+
+`Model.forward` reads top to bottom like NUMERICS.md §2 and llama.cpp's `bitnet` graph (§6); each linear goes
+through a small dispatch table, keyed by (weight type, activation kind of the numerics profile), to a kernel that
+reads the packed weights in place. `trace(name, layer, array)` fires where llama.cpp's eval callback sees a tensor
+of that name, with the same meaning; where llama.cpp has several nodes of one name, the last one is traced (Qcur,
+Kcur: after RoPE; Vcur: the matmul output, or its `.scale` product).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from bitnet_ref import formats
+from bitnet_ref.config import ModelConfig
+from bitnet_ref.constants import (
+    TENSOR_ATTN_K,
+    TENSOR_ATTN_NORM,
+    TENSOR_ATTN_OUTPUT,
+    TENSOR_ATTN_Q,
+    TENSOR_ATTN_SUB_NORM,
+    TENSOR_ATTN_V,
+    TENSOR_FFN_DOWN,
+    TENSOR_FFN_GATE,
+    TENSOR_FFN_NORM,
+    TENSOR_FFN_SUB_NORM,
+    TENSOR_FFN_UP,
+    TENSOR_OUTPUT,
+    TENSOR_OUTPUT_NORM,
+    TENSOR_TOKEN_EMBD,
+    GGMLType,
+)
+from bitnet_ref.errors import ContextOverflowError, EngineError, TokenRangeError, UnsupportedFormatError
+from bitnet_ref.gguf_file import GGUFFile, read_gguf
+from bitnet_ref.kernels import activation, actquant, attention, dense, norm, rope, ternary
+from bitnet_ref.kernels.scalar import powf
+from bitnet_ref.numerics import Numerics, resolve
+
+Trace = Callable[[str, int, np.ndarray], None]
+
+N_UBATCH = 512  # tokens per forward chunk; llama.cpp's default n_ubatch (the chunk size picks kernel paths)
+EMBED_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.TQ1_0, GGMLType.TQ2_0)
+TERNARY_NAMES = {GGMLType.TQ1_0: "tq1_0", GGMLType.TQ2_0: "tq2_0", GGMLType.I2_S: "i2s"}
+ACT_SUFFIX = {"q8_k": "q8k", "i8_token": "i8"}
+SERIAL_PREPARE_ROWS = 8  # activation rows up to which quantization runs on one thread (a wake-up costs more)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One weight matrix W (rows × cols = M × K) as a view into the file, and how its input is prepared."""
+
+    name: str
+    type: GGMLType
+    rows: int
+    cols: int
+    data: np.ndarray  # F16/BF16: uint16 bits (M·K); F32: f32 (M·K); block formats: the raw uint8 bytes
+    activation: str  # the profile's activation kind for this weight type (numerics.ACTIVATION_KINDS)
+    scale: float | None  # llama.cpp's optional 1-element `<proj>.scale`, multiplied onto the output
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One transformer block's weights; norm vectors are small f32 copies, linears stay in the file."""
+
+    attn_norm: np.ndarray  # (n_embd,)
+    attn_q: Linear  # (n_embd → n_embd)
+    attn_k: Linear  # (n_embd → n_embd_kv)
+    attn_v: Linear  # (n_embd → n_embd_kv)
+    attn_sub_norm: np.ndarray  # (n_embd,)   BitNet: RMSNorm before o_proj
+    attn_output: Linear  # (n_embd → n_embd)
+    ffn_norm: np.ndarray  # (n_embd,)
+    ffn_gate: Linear  # (n_embd → n_ff)
+    ffn_up: Linear  # (n_embd → n_ff)
+    ffn_sub_norm: np.ndarray  # (n_ff,)     BitNet: RMSNorm before down_proj
+    ffn_down: Linear  # (n_ff → n_embd)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """All weights of a model: views into one memory-mapped GGUF."""
+
+    token_embd: Linear  # (n_vocab rows of n_embd): embedding lookup, and the head when tied
+    output_norm: np.ndarray  # (n_embd,)
+    output: Linear  # the head: token_embd (tied) or output.weight
+    layers: tuple[Layer, ...]
+
+
+def _typed_view(raw: np.ndarray, type_id: GGMLType) -> np.ndarray:
+    """The kernel's view of a tensor's bytes: uint16 for F16/BF16, f32 for F32, raw uint8 otherwise."""
+    raw = np.asarray(raw)
+    if type_id in (GGMLType.F16, GGMLType.BF16):
+        return raw.view(np.uint16)
+    if type_id == GGMLType.F32:
+        return raw.view(np.float32)
+    return raw
+
+
+def _has_kernel(type_id: GGMLType, kind: str | None) -> bool:
+    """Whether the dispatch table can run this weight type with this activation kind."""
+    if kind is None:
+        return False
+    if type_id in TERNARY_NAMES:
+        return kind in ACT_SUFFIX and hasattr(ternary, _ternary_kernel_name(type_id, kind))
+    return (type_id, kind) in _DENSE_RUNNERS
+
+
+def _ternary_kernel_name(type_id: GGMLType, kind: str) -> str:
+    return f"matmul_{TERNARY_NAMES[type_id]}_{ACT_SUFFIX.get(kind, kind)}"
+
+
+def _linear(gguf: GGUFFile, name: str, numerics: Numerics) -> Linear:
+    """A Linear for tensor `name`; UnsupportedFormatError when no kernel runs its type under this profile."""
+    info = gguf.tensors[name]
+    kind = numerics.activation_for(info.type)
+    if not _has_kernel(info.type, kind):
+        raise UnsupportedFormatError(
+            f"{gguf.path}: tensor {name} has type {info.type.name} ({int(info.type)}), which has no kernel under "
+            f"numerics {numerics.name!r} (activation {kind!r})"
+        )
+    scale_name = name.removesuffix(".weight") + ".scale"
+    scale = None
+    if scale_name in gguf.tensors:
+        scale = float(formats.get(gguf.tensors[scale_name].type).decode(gguf.tensor_bytes(scale_name), (1,))[0])
+    raw = gguf.tensor_bytes(name)
+    return Linear(name, info.type, info.rows, info.cols, _typed_view(raw, info.type), kind, scale)
+
+
+def _vector(gguf: GGUFFile, name: str) -> np.ndarray:
+    """A norm weight as a contiguous f32 array (tiny; converted once at load)."""
+    info = gguf.tensors[name]
+    return np.ascontiguousarray(formats.get(info.type).decode(gguf.tensor_bytes(name), info.shape).reshape(-1))
+
+
+def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics) -> Weights:
+    """Weights of every layer as views into the file, checked against the dispatch table."""
+    embd_type = gguf.tensors[TENSOR_TOKEN_EMBD].type
+    if embd_type not in EMBED_TYPES:
+        raise UnsupportedFormatError(
+            f"{gguf.path}: tensor {TENSOR_TOKEN_EMBD} has type {embd_type.name}, "
+            f"which has no row lookup; supported: {[t.name for t in EMBED_TYPES]}"
+        )
+    layers = []
+    for i in range(config.n_layer):
+        layers.append(
+            Layer(
+                attn_norm=_vector(gguf, TENSOR_ATTN_NORM.format(i=i)),
+                attn_q=_linear(gguf, TENSOR_ATTN_Q.format(i=i), numerics),
+                attn_k=_linear(gguf, TENSOR_ATTN_K.format(i=i), numerics),
+                attn_v=_linear(gguf, TENSOR_ATTN_V.format(i=i), numerics),
+                attn_sub_norm=_vector(gguf, TENSOR_ATTN_SUB_NORM.format(i=i)),
+                attn_output=_linear(gguf, TENSOR_ATTN_OUTPUT.format(i=i), numerics),
+                ffn_norm=_vector(gguf, TENSOR_FFN_NORM.format(i=i)),
+                ffn_gate=_linear(gguf, TENSOR_FFN_GATE.format(i=i), numerics),
+                ffn_up=_linear(gguf, TENSOR_FFN_UP.format(i=i), numerics),
+                ffn_sub_norm=_vector(gguf, TENSOR_FFN_SUB_NORM.format(i=i)),
+                ffn_down=_linear(gguf, TENSOR_FFN_DOWN.format(i=i), numerics),
+            )
+        )
+    token_embd = _linear(gguf, TENSOR_TOKEN_EMBD, numerics)
+    output = token_embd if config.tied_output else _linear(gguf, TENSOR_OUTPUT, numerics)
+    return Weights(token_embd, _vector(gguf, TENSOR_OUTPUT_NORM), output, tuple(layers))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# KV cache and run state
+
+
+class KVCache:
+    """Per-layer K (n_ctx, n_embd_kv) and transposed V (n_embd_kv, n_ctx), f16 bits or f32; cells 0..n_past-1 valid."""
+
+    def __init__(self, n_layer: int, n_ctx: int, n_embd_kv: int, dtype: str) -> None:
+        store = np.uint16 if dtype == "f16" else np.float32
+        self.n_ctx = n_ctx
+        self.dtype = dtype
+        self.k = [np.zeros((n_ctx, n_embd_kv), store) for _ in range(n_layer)]  # (n_ctx, n_embd_kv) per layer
+        self.v = [np.zeros((n_embd_kv, n_ctx), store) for _ in range(n_layer)]  # (n_embd_kv, n_ctx) per layer
+        self.n_past = 0
+
+    def reset(self) -> None:
+        """Forget every cell (cells are rewritten before they are read again)."""
+        self.n_past = 0
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first n positions."""
+        if not 0 <= n <= self.n_past:
+            raise EngineError(f"KV truncate to {n}: expected 0 <= n <= n_past = {self.n_past}")
+        self.n_past = n
+
+
+class RunState:
+    """Activation buffers for up to n_ubatch tokens, allocated once; forward uses row slices [:T]."""
+
+    def __init__(self, config: ModelConfig, n_ubatch: int) -> None:
+        e, kv, ff, B = config.n_embd, config.n_embd_kv, config.n_ff, n_ubatch
+        self.h = np.zeros((B, e), np.float32)  # (B, n_embd) residual stream
+        self.x = np.zeros((B, e), np.float32)  # (B, n_embd) normed input of a block half
+        self.q = np.zeros((B, e), np.float32)  # (B, n_head·hd)
+        self.k = np.zeros((B, kv), np.float32)  # (B, n_head_kv·hd)
+        self.v = np.zeros((B, kv), np.float32)  # (B, n_head_kv·hd)
+        self.att = np.zeros((B, e), np.float32)  # (B, n_embd) attention output (kqv_out)
+        self.proj = np.zeros((B, e), np.float32)  # (B, n_embd) o_proj / down_proj output
+        self.gate = np.zeros((B, ff), np.float32)  # (B, n_ff)
+        self.up = np.zeros((B, ff), np.float32)  # (B, n_ff)
+        self.ffn = np.zeros((B, ff), np.float32)  # (B, n_ff) act(gate)·up, then its sub-norm
+        self.logits = np.zeros((B, config.n_vocab), np.float32)  # (B, n_vocab)
+        self.n_ubatch = B
+        self._act: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
+
+    def activation(self, kind: str, K: int) -> tuple[np.ndarray, ...]:
+        """Scratch arrays for one activation kind and input width (allocated on first use, then reused)."""
+        key = (kind, K)
+        if key not in self._act:
+            B = self.n_ubatch
+            if kind == "q8_k":
+                bufs = (
+                    np.zeros((B, K), np.int8),
+                    np.zeros((B, K // 256), np.float32),
+                    np.zeros((B, K // 16), np.int16),
+                )
+            elif kind == "i8_token":
+                bufs = (np.zeros((B, K), np.int8), np.zeros(B, np.float32), np.zeros(B, np.int32))
+            elif kind == "q8_0":
+                bufs = (np.zeros((B, K), np.int8), np.zeros((B, K // dense.Q8_0_BLOCK), np.float32))
+            else:
+                bufs = (np.zeros((B, K), np.float32),)
+            self._act[key] = bufs
+        return self._act[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Linear dispatch. An input (T, K) is prepared once per activation kind (rounded to f16/bf16, or quantized to
+# Q8_K / Q8_0 / per-token int8) and shared by every linear that reads it (Q, K, V; gate, up): llama.cpp converts
+# it again for each matmul, with identical results. Then (weight type, activation kind) picks the kernel.
+
+
+@dataclass
+class Input:
+    """One linear input x (T, K) and its prepared forms, by activation kind."""
+
+    x: np.ndarray  # (T, K)
+    prepared: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+
+def _prepare(state: RunState, kind: str, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The activation arrays a kernel of this kind reads, computed from x into the run state's scratch."""
+    if kind == "none":
+        return (x,)
+    T, K = x.shape
+    bufs = tuple(a[:T] for a in state.activation(kind, K))
+    if T <= SERIAL_PREPARE_ROWS:
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            _quantize(kind, x, bufs)
+        finally:
+            numba.set_num_threads(threads)
+    else:
+        _quantize(kind, x, bufs)
+    return bufs
+
+
+def _quantize(kind: str, x: np.ndarray, bufs: tuple[np.ndarray, ...]) -> None:
+    """Fill bufs with x prepared for one activation kind."""
+    if kind == "q8_k":
+        actquant.quantize_q8_k(x, *bufs)  # (qs i8 (T, K), d f32 (T, K/256), bsums i16 (T, K/16))
+    elif kind == "i8_token":
+        actquant.quantize_i8_rows(x, *bufs)  # (q i8 (T, K), s f32 (T,), act_sum i32 (T,))
+    elif kind == "q8_0":
+        dense.quantize_q8_0(x, *bufs)  # (qs i8 (T, K), d f32 (T, K/32))
+    elif kind == "f16":
+        dense.round_rows_f16(x, bufs[0])  # (x rounded to f16, as f32 (T, K))
+    else:
+        dense.round_rows_bf16(x, bufs[0])  # (x rounded to bf16, as f32 (T, K))
+
+
+def _run_float(kernel_name: str) -> Callable:
+    """A runner for a float weight kernel (vec_dot order for one column, tinyBLAS order for more, per numerics)."""
+
+    def run(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+        x = act[0]
+        nm = model.numerics
+        tiled = dense.use_tiled(nm.float_dot, x.shape[0], lin.rows, lin.cols, nm.lanes)
+        getattr(dense, kernel_name)(lin.data, lin.rows, lin.cols, x, tiled, nm.lanes, out)
+
+    return run
+
+
+def _run_q8_0(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+    """Q8_0 weights with Q8_0 activations (ggml's x86 quantizer and 8-lane dot)."""
+    dense.matmul_q8_0(lin.data, lin.rows, lin.cols, *act, out)
+
+
+def _run_q8_0_f32(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+    """Q8_0 weights with f32 activations (the "bitnet" profile: no activation quantization for float weights)."""
+    dense.matmul_q8_0_f32(lin.data, lin.rows, lin.cols, act[0], model.numerics.lanes, out)
+
+
+def _run_ternary(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+    """Ternary weights: the packed integer kernel on Q8_K blocks or per-token int8 activations."""
+    getattr(ternary, _ternary_kernel_name(lin.type, lin.activation))(lin.data, lin.rows, lin.cols, *act, out)
+
+
+_DENSE_RUNNERS: dict[tuple[GGMLType, str], Callable] = {
+    (GGMLType.F32, "none"): _run_float("matmul_f32"),
+    (GGMLType.F16, "f16"): _run_float("matmul_f16"),
+    (GGMLType.F16, "none"): _run_float("matmul_f16"),
+    (GGMLType.BF16, "bf16"): _run_float("matmul_bf16"),
+    (GGMLType.BF16, "none"): _run_float("matmul_bf16"),
+    (GGMLType.Q8_0, "q8_0"): _run_q8_0,
+    (GGMLType.Q8_0, "none"): _run_q8_0_f32,
+}
+
+
+def _runner(lin: Linear) -> Callable:
+    return _run_ternary if lin.type in TERNARY_NAMES else _DENSE_RUNNERS[(lin.type, lin.activation)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass
+class Model:
+    """A loaded model: config, numerics, weights, KV cache and buffers; forward() runs the network."""
+
+    config: ModelConfig
+    numerics: Numerics
+    n_threads: int
+    weights: Weights
+    kv: KVCache
+    state: RunState
+    path: Path
+    gguf: GGUFFile = field(repr=False)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.attn_scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(c.head_dim)))  # 1.0f/sqrtf(head_dim)
+        self.theta_scale = powf(c.rope_base, np.float32(-2.0) / np.float32(c.n_rot))  # ggml: powf(base, -2/n_rot)
+        self.inv_freq = rope.inv_freq(c.rope_base, c.n_rot)  # "direct": base^(-2i/n_rot)
+
+    # -- public API ----------------------------------------------------------------------------------------------------
+
+    def forward(
+        self, tokens: np.ndarray, start_pos: int, all_logits: bool = True, trace: Trace | None = None
+    ) -> np.ndarray:
+        """Logits (T, n_vocab) for every token, or (1, n_vocab) for the last; appends the tokens to the KV cache."""
+        tokens = self._checked(tokens, start_pos)
+        numba.set_num_threads(self.n_threads)
+        self.kv.truncate(start_pos)
+        rows = []
+        T = len(tokens)
+        for lo in range(0, T, self.state.n_ubatch):
+            chunk = tokens[lo : lo + self.state.n_ubatch]
+            last_chunk = lo + len(chunk) == T
+            want = "all" if all_logits else ("last" if last_chunk else "none")
+            logits = self._ubatch(chunk, start_pos + lo, want, trace)
+            self.kv.n_past = start_pos + lo + len(chunk)
+            if logits is not None:
+                rows.append(logits.copy())
+        return np.concatenate(rows, axis=0)
+
+    def describe(self) -> dict:
+        """Config, numerics, threads and the weight type of every linear, for records."""
+        w = self.weights
+        types: dict[str, int] = {}
+        for lin in [w.output] + [getattr(layer, n) for layer in w.layers for n in _LINEAR_FIELDS]:
+            types[lin.type.name] = types.get(lin.type.name, 0) + 1
+        return {
+            "path": str(self.path),
+            "config": self.config.describe(),
+            "numerics": self.numerics.describe(),
+            "numerics_str": str(self.numerics),
+            "ffn_act": self.config.ffn_act,
+            "ffn_act_source": self.config.ffn_act_source,
+            "n_threads": self.n_threads,
+            "n_ctx": self.kv.n_ctx,
+            "n_ubatch": self.state.n_ubatch,
+            "token_embd_type": w.token_embd.type.name,
+            "linear_types": types,
+        }
+
+    # -- the network ---------------------------------------------------------------------------------------------------
+
+    def _ubatch(self, tokens: np.ndarray, pos0: int, want: str, trace: Trace | None) -> np.ndarray | None:
+        """One llama.cpp ubatch: the whole graph for T ≤ n_ubatch tokens at positions pos0.."""
+        T = len(tokens)
+        positions = np.arange(pos0, pos0 + T, dtype=np.int32)  # (T,)
+        h = self.state.h[:T]  # (T, n_embd) residual stream
+        self._embed(tokens, h)
+        for il, layer in enumerate(self.weights.layers):
+            attn_out = self._attention_half(layer, il, h, positions, pos0, trace)  # (T, n_embd)
+            if il == self.config.n_layer - 1 and want != "all":
+                # llama.cpp keeps only the output rows from here on (GET_ROWS(out_ids)); F16/F32 paths follow T
+                if want == "none":
+                    return None
+                h, attn_out = h[T - 1 :], attn_out[T - 1 :]
+            self._ffn_half(layer, il, h, attn_out, trace)
+        return self._head(h, trace)
+
+    def _attention_half(
+        self, layer: Layer, il: int, h: np.ndarray, positions: np.ndarray, pos0: int, trace: Trace | None
+    ) -> np.ndarray:
+        """RMSNorm → Q, K, V → RoPE(Q, K) → KV cache → causal softmax(QKᵀ/√d)·V → sub-norm → o_proj."""
+        c, s = self.config, self.state
+        T = h.shape[0]
+        double = self.numerics.rmsnorm_sum == "double"
+        x, q, k, v, att, out = s.x[:T], s.q[:T], s.k[:T], s.v[:T], s.att[:T], s.proj[:T]
+        norm.rmsnorm(h, layer.attn_norm, c.rms_eps, double, x)  # x: (T, n_embd)
+        _fire(trace, "attn_norm", il, x)
+        inp = Input(x)  # BitNet: Q, K and V quantize the same attn_norm output (per the profile's activation kind)
+        self._matmul(layer.attn_q, inp, q)  # q: (T, n_head·hd)
+        self._matmul(layer.attn_k, inp, k)  # k: (T, n_head_kv·hd)
+        self._matmul(layer.attn_v, inp, v)  # v: (T, n_head_kv·hd)
+        self._rope(q, positions, c.n_head)
+        self._rope(k, positions, c.n_head_kv)
+        _fire(trace, "Qcur", il, q)
+        _fire(trace, "Kcur", il, k)
+        _fire(trace, "Vcur", il, v)
+        attention.store_kv(k, v, pos0, self.kv.k[il], self.kv.v[il])
+        self._attend(q, il, pos0, att)  # att: (T, n_embd)
+        _fire(trace, "kqv_out", il, att)
+        # BitNet: RMSNorm of the attention output before o_proj (attn_sub_norm)
+        norm.rmsnorm(att, layer.attn_sub_norm, c.rms_eps, double, x)
+        _fire(trace, "attn_sub_norm", il, x)
+        self._matmul(layer.attn_output, Input(x), out)  # out: (T, n_embd)
+        _fire(trace, "attn_out", il, out)
+        return out
+
+    def _ffn_half(self, layer: Layer, il: int, h: np.ndarray, attn_out: np.ndarray, trace: Trace | None) -> None:
+        """h += attn_out; RMSNorm → gate, up → act(gate)·up → sub-norm → down_proj; h += down (in place)."""
+        c, s, nm = self.config, self.state, self.numerics
+        T = h.shape[0]
+        double = nm.rmsnorm_sum == "double"
+        activation.add(attn_out, h, h)  # h: (T, n_embd) ffn_inp = attn_out + residual
+        _fire(trace, "ffn_inp", il, h)
+        x, gate, up, f, down = s.x[:T], s.gate[:T], s.up[:T], s.ffn[:T], s.proj[:T]
+        norm.rmsnorm(h, layer.ffn_norm, c.rms_eps, double, x)  # x: (T, n_embd)
+        _fire(trace, "ffn_norm", il, x)
+        inp = Input(x)  # BitNet: gate and up quantize the same ffn_norm output
+        self._matmul(layer.ffn_gate, inp, gate, "ffn_gate", il, trace)  # gate: (T, n_ff)
+        self._matmul(layer.ffn_up, inp, up, "ffn_up", il, trace)  # up: (T, n_ff)
+        # BitNet: relu² for 2B-4T (llama.cpp's bitnet graph computes SiLU; NUMERICS.md §11)
+        if c.ffn_act == "relu2":
+            activation.relu2_glu(gate, up, f)  # f: (T, n_ff)
+        else:
+            activation.swiglu(gate, up, nm.lanes, nm.expf == "ggml_v_expf", f)
+        _fire(trace, "ffn_sub_out", il, f)
+        # BitNet: RMSNorm before down_proj (ffn_sub_norm), n_ff wide
+        norm.rmsnorm(f, layer.ffn_sub_norm, c.rms_eps, double, f)
+        _fire(trace, "ffn_sub_norm", il, f)
+        self._matmul(layer.ffn_down, Input(f), down)  # down: (T, n_embd)
+        _fire(trace, "ffn_down", il, down)
+        activation.add(down, h, h)  # h: (T, n_embd) l_out = ffn_down + ffn_inp
+        _fire(trace, "l_out", il, h)
+
+    def _head(self, h: np.ndarray, trace: Trace | None) -> np.ndarray:
+        """Final RMSNorm, then logits against token_embd (tied) or output.weight: (T, n_vocab)."""
+        T = h.shape[0]
+        x = self.state.x[:T]  # (T, n_embd)
+        norm.rmsnorm(h, self.weights.output_norm, self.config.rms_eps, self.numerics.rmsnorm_sum == "double", x)
+        _fire(trace, "result_norm", -1, x)
+        logits = self.state.logits[:T]  # (T, n_vocab)
+        self._matmul(self.weights.output, Input(x), logits)
+        _fire(trace, "result_output", -1, logits)
+        return logits
+
+    def _embed(self, tokens: np.ndarray, h: np.ndarray) -> None:
+        """h[t] = token_embd row tokens[t], dequantized exactly (GET_ROWS)."""
+        lin = self.weights.token_embd
+        fmt = formats.get(lin.type)
+        raw = np.asarray(self.gguf.tensor_bytes(TENSOR_TOKEN_EMBD))
+        row_bytes = fmt.nbytes((lin.cols, 1))
+        for t, tok in enumerate(tokens):
+            h[t] = fmt.decode(raw[int(tok) * row_bytes : (int(tok) + 1) * row_bytes], (lin.cols, 1))[0]
+
+    def _matmul(
+        self,
+        lin: Linear,
+        inp: Input,
+        out: np.ndarray,
+        name: str | None = None,
+        il: int = -1,
+        trace: Trace | None = None,
+    ) -> None:
+        """out = x·Wᵀ through the dispatch table, then the optional `.scale` (traced before and after if named)."""
+        if lin.activation not in inp.prepared:
+            inp.prepared[lin.activation] = _prepare(self.state, lin.activation, inp.x)
+        _runner(lin)(self, lin, inp.prepared[lin.activation], out)
+        if name is not None:
+            _fire(trace, name, il, out)
+        if lin.scale is not None:
+            activation.scale(out, np.float32(lin.scale))
+            if name is not None:
+                _fire(trace, name + "_s", il, out)
+
+    def _rope(self, x: np.ndarray, positions: np.ndarray, n_heads: int) -> None:
+        """RoPE (NEOX) in place on (T, n_heads·hd)."""
+        c = self.config
+        if self.numerics.rope_theta == "iterative_f32":
+            rope.neox(x, positions, n_heads, c.head_dim, c.n_rot, self.theta_scale, x)
+        else:
+            rope.neox_direct(x, positions, n_heads, c.head_dim, c.n_rot, self.inv_freq, x)
+
+    def _attend(self, q: np.ndarray, il: int, pos0: int, out: np.ndarray) -> None:
+        """Causal GQA attention of q (T, n_embd) over cache cells 0..pos0+T-1 of layer il."""
+        c, nm = self.config, self.numerics
+        T = q.shape[0]
+        batched = nm.float_dot == "ggml" and T >= 2
+        attention.attend(
+            q,
+            self.kv.k[il],
+            self.kv.v[il],
+            pos0,
+            c.n_head,
+            c.n_head_kv,
+            c.head_dim,
+            self.attn_scale,
+            batched and c.head_dim % nm.lanes == 0,
+            batched and c.head_dim % 4 == 0,
+            nm.lanes,
+            nm.round_q_f16,
+            nm.round_softmax_f16,
+            nm.expf == "ggml_v_expf",
+            nm.softmax_sum == "double_chunks",
+            out,
+        )
+
+    def _checked(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
+        """tokens as int32 (T,), with ids, start position and context length checked."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or len(tokens) == 0 or not np.issubdtype(tokens.dtype, np.integer):
+            raise TokenRangeError(
+                f"tokens must be a non-empty 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}"
+            )
+        bad = np.flatnonzero((tokens < 0) | (tokens >= self.config.n_vocab))
+        if len(bad):
+            raise TokenRangeError(
+                f"token id {int(tokens[bad[0]])} at index {int(bad[0])} is outside [0, {self.config.n_vocab})"
+            )
+        if not 0 <= start_pos <= self.kv.n_past:
+            raise EngineError(f"start_pos {start_pos}: expected 0 <= start_pos <= n_past = {self.kv.n_past}")
+        if start_pos + len(tokens) > self.kv.n_ctx:
+            raise ContextOverflowError(
+                f"start_pos {start_pos} + {len(tokens)} tokens exceeds the context n_ctx = {self.kv.n_ctx}"
+            )
+        return tokens.astype(np.int32)
+
+
+_LINEAR_FIELDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def _fire(trace: Trace | None, name: str, layer: int, array: np.ndarray) -> None:
+    """Call trace with a copy (buffers are reused); nothing when trace is None."""
+    if trace is not None:
+        trace(name, layer, array.copy())
+
+
+def load_model(
+    path: str | Path,
+    numerics: str | Numerics = "ggml",
+    n_threads: int = 2,
+    ffn_act: str | None = None,
+    n_ctx: int | None = None,
+    n_ubatch: int = N_UBATCH,
+) -> Model:
+    """Open a GGUF and build a Model; ffn_act overrides the file's (and the profile's) FFN activation."""
+    nm = resolve(numerics)
+    gguf = read_gguf(path)
+    config = ModelConfig.from_gguf(gguf, ffn_act=ffn_act if ffn_act is not None else nm.ffn_act)
+    config.check_tensors(gguf)
+    weights = load_weights(gguf, config, nm)
+    ctx = config.n_ctx if n_ctx is None else n_ctx
+    if ctx <= 0 or n_threads <= 0 or n_ubatch <= 0:
+        raise EngineError(f"n_ctx {ctx}, n_threads {n_threads}, n_ubatch {n_ubatch}: all must be positive")
+    if n_threads > numba.config.NUMBA_NUM_THREADS:
+        raise EngineError(
+            f"n_threads {n_threads} exceeds numba's thread pool ({numba.config.NUMBA_NUM_THREADS}; "
+            "set NUMBA_NUM_THREADS before the first import of numba to raise it)"
+        )
+    kv = KVCache(config.n_layer, ctx, config.n_embd_kv, nm.kv_dtype)
+    return Model(config, nm, n_threads, weights, kv, RunState(config, n_ubatch), Path(path), gguf)

@@ -1,0 +1,163 @@
+"""Numerics profiles: every choice that changes the arithmetic of a forward pass, explicit and recorded.
+
+Two profiles (docs/NUMERICS.md §3, §4):
+- "bitnet": the model's own semantics (paper / HF transformers / bitnet.cpp I2_S): per-token absmax int8 activations
+  into every ternary linear, f32 everywhere else, f32 KV cache, direct θ^(−2i/d) RoPE.
+- "ggml": what llama.cpp's CPU build computes per weight type, reduction orders included, so that the two engines can
+  be compared near bit level. ggml's float reductions depend on the SIMD width it was compiled for (AVX2: 8 lanes,
+  AVX-512: 16 lanes); the profile records which one it emulates (`simd`, detected from this host by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from bitnet_ref.constants import GGMLType
+from bitnet_ref.errors import ConfigError
+
+ACTIVATION_KINDS = ("q8_k", "i8_token", "f16", "bf16", "q8_0", "none")
+KV_DTYPES = ("f16", "f32")
+RMSNORM_SUMS = ("double", "f32")
+ROPE_THETAS = ("iterative_f32", "direct")
+EXPFS = ("ggml_v_expf", "libm")
+SOFTMAX_SUMS = ("double_chunks", "f32")
+FLOAT_DOTS = ("ggml", "fixed")
+SIMDS = ("avx2", "avx512")
+FFN_ACTS = (None, "silu", "relu2")
+
+
+def host_simd() -> str:
+    """The SIMD level ggml-cpu would be compiled for on this host with -march=native: "avx512" or "avx2"."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    if features.get("avx512f", False) and features.get("avx512dq", False):
+        return "avx512"
+    return "avx2"
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """One explicit set of arithmetic choices; see the module docstring and NUMERICS.md."""
+
+    name: str
+    # activation format fed to each weight type's linear: (weight type name, kind) pairs, kind in ACTIVATION_KINDS
+    activation: tuple[tuple[str, str], ...]
+    kv_dtype: str  # "f16": K/V stored rounded to f16 (ggml default) | "f32"
+    round_q_f16: bool  # Q rounded to f16 before q·k (ggml's kq mul_mat converts src1 to the K cache type)
+    round_softmax_f16: bool  # softmax probabilities rounded to f16 before P·V
+    rmsnorm_sum: str  # "double": Σ f32(x²) in a double (ggml) | "f32"
+    rope_theta: str  # "iterative_f32": θ_{i+1} = θ_i·powf(base, −2/n_rot) in f32 (ggml) | "direct": pos·base^(−2i/d)
+    expf: str  # "ggml_v_expf": ggml's SIMD polynomial (tails in libm expf) | "libm": expf everywhere
+    softmax_sum: str  # "double_chunks": each SIMD chunk reduced in f32, then summed in double (ggml) | "f32"
+    float_dot: str  # "ggml": vec_dot order for one column, tinyBLAS order for ≥ 2 | "fixed": vec_dot order always
+    simd: str  # "avx2" | "avx512": lane count and reduction trees of ggml's float kernels
+    ffn_act: str | None = None  # None: resolved from the model file by ModelConfig; "silu"/"relu2" overrides it
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("kv_dtype", self.kv_dtype, KV_DTYPES),
+            ("rmsnorm_sum", self.rmsnorm_sum, RMSNORM_SUMS),
+            ("rope_theta", self.rope_theta, ROPE_THETAS),
+            ("expf", self.expf, EXPFS),
+            ("softmax_sum", self.softmax_sum, SOFTMAX_SUMS),
+            ("float_dot", self.float_dot, FLOAT_DOTS),
+            ("simd", self.simd, SIMDS),
+            ("ffn_act", self.ffn_act, FFN_ACTS),
+        )
+        for field, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"Numerics {self.name!r}: {field} = {value!r}; expected one of {allowed}")
+        for type_name, kind in self.activation:
+            if type_name not in GGMLType.__members__ or kind not in ACTIVATION_KINDS:
+                raise ConfigError(f"Numerics {self.name!r}: activation {type_name}={kind!r} is not a known pair")
+
+    @property
+    def lanes(self) -> int:
+        """f32 lanes of one SIMD register in ggml's kernels: 8 (AVX2) or 16 (AVX-512)."""
+        return 16 if self.simd == "avx512" else 8
+
+    def activation_for(self, weight_type: GGMLType) -> str | None:
+        """The activation kind fed to a linear of this weight type, or None when the profile has no kernel for it."""
+        return dict(self.activation).get(GGMLType(weight_type).name)
+
+    def replace(self, **changes: object) -> Numerics:
+        """A copy with some choices changed (the name should say so)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict:
+        """Every choice as plain data, for records."""
+        out = dataclasses.asdict(self)
+        out["activation"] = dict(self.activation)
+        out["lanes"] = self.lanes
+        return out
+
+    def __str__(self) -> str:
+        acts = " ".join(f"{t}={k}" for t, k in self.activation)
+        return (
+            f"{self.name}: act[{acts}] kv={self.kv_dtype} q_f16={self.round_q_f16} p_f16={self.round_softmax_f16} "
+            f"rmsnorm_sum={self.rmsnorm_sum} rope={self.rope_theta} expf={self.expf} softmax_sum={self.softmax_sum} "
+            f"float_dot={self.float_dot}/{self.simd} ffn_act={self.ffn_act or 'from file'}"
+        )
+
+
+def _ggml(simd: str) -> Numerics:
+    return Numerics(
+        name="ggml",
+        activation=(
+            ("TQ1_0", "q8_k"),
+            ("TQ2_0", "q8_k"),
+            ("I2_S", "i8_token"),  # llama.cpp cannot load I2_S; bitnet.cpp's kernel quantizes per token (§5.1)
+            ("F16", "f16"),
+            ("BF16", "bf16"),
+            ("Q8_0", "q8_0"),
+            ("F32", "none"),
+        ),
+        kv_dtype="f16",
+        round_q_f16=True,
+        round_softmax_f16=True,
+        rmsnorm_sum="double",
+        rope_theta="iterative_f32",
+        expf="ggml_v_expf",
+        softmax_sum="double_chunks",
+        float_dot="ggml",
+        simd=simd,
+    )
+
+
+def _bitnet(simd: str) -> Numerics:
+    return Numerics(
+        name="bitnet",
+        activation=(
+            ("TQ1_0", "i8_token"),
+            ("TQ2_0", "i8_token"),
+            ("I2_S", "i8_token"),
+            ("F16", "none"),
+            ("BF16", "none"),
+            ("Q8_0", "none"),
+            ("F32", "none"),
+        ),
+        kv_dtype="f32",
+        round_q_f16=False,
+        round_softmax_f16=False,
+        rmsnorm_sum="f32",
+        rope_theta="direct",
+        expf="libm",
+        softmax_sum="f32",
+        float_dot="fixed",
+        simd=simd,
+    )
+
+
+PROFILES: dict[str, Numerics] = {"bitnet": _bitnet(host_simd()), "ggml": _ggml(host_simd())}
+
+
+def resolve(numerics: str | Numerics) -> Numerics:
+    """A Numerics from a profile name or an instance; ConfigError naming the profiles otherwise."""
+    if isinstance(numerics, Numerics):
+        return numerics
+    try:
+        return PROFILES[numerics]
+    except (KeyError, TypeError):
+        raise ConfigError(f"numerics = {numerics!r}; expected one of {sorted(PROFILES)} or a Numerics") from None
