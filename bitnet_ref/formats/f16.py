@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet_ref.constants import GGMLType
-from bitnet_ref.errors import FormatError
+from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.F16
 BLOCK_ELEMS = 1
@@ -19,17 +19,12 @@ DTYPE = np.dtype("<f2")
 
 def nbytes(shape: tuple[int, ...]) -> int:
     """Bytes of a tensor with ggml shape `shape` (ne0 first)."""
-    n = 1
-    for d in shape:
-        n *= d
-    if shape and shape[0] % BLOCK_ELEMS:
-        raise FormatError(f"F16: ne0 = {shape[0]} is not a multiple of the block size {BLOCK_ELEMS}")
-    return n // BLOCK_ELEMS * BLOCK_BYTES
+    return blocks.nbytes(TYPE.name, BLOCK_ELEMS, BLOCK_BYTES, shape)
 
 
 def encode(w: np.ndarray) -> np.ndarray:
     """Flat f16 bytes of a float32 array (round to nearest even; overflow gives inf like ggml)."""
-    _check_float32(w)
+    blocks.check_float32(TYPE.name, w)
     with np.errstate(over="ignore"):
         half = np.ascontiguousarray(w).astype(DTYPE)
     return half.reshape(-1).view(np.uint8)
@@ -37,27 +32,5 @@ def encode(w: np.ndarray) -> np.ndarray:
 
 def decode(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Float32 array in numpy order (ne reversed) from the bytes of an F16 tensor."""
-    flat = _raw_bytes(raw, shape)
-    return flat.view(DTYPE).astype(np.float32).reshape(_numpy_shape(shape))
-
-
-def _check_float32(w: np.ndarray) -> None:
-    if not isinstance(w, np.ndarray) or w.dtype != np.float32:
-        raise FormatError(f"F16: encode needs a float32 array, got {getattr(w, 'dtype', type(w).__name__)}")
-    if w.ndim == 0:
-        raise FormatError("F16: encode needs an array with at least one axis, got a 0-d array")
-
-
-def _numpy_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if len(shape) == 0 or any(int(d) <= 0 for d in shape):
-        raise FormatError(f"F16: shape {tuple(shape)} must have one or more positive extents (ne order)")
-    return tuple(int(d) for d in reversed(shape))
-
-
-def _raw_bytes(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
-        raise FormatError(f"F16: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
-    _numpy_shape(shape)
-    if raw.size != nbytes(shape):
-        raise FormatError(f"F16: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
-    return raw.reshape(-1)
+    flat = blocks.raw_blocks(TYPE.name, BLOCK_ELEMS, BLOCK_BYTES, raw, shape).reshape(-1)
+    return flat.view(DTYPE).astype(np.float32).reshape(blocks.numpy_shape(TYPE.name, shape))

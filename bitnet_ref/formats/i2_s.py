@@ -19,6 +19,7 @@ import numpy as np
 
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
+from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.I2_S
 TRAILER_BYTES = 32
@@ -45,7 +46,7 @@ def nbytes(shape: tuple[int, ...]) -> int:
 def encode_ternary(t: np.ndarray, scale: float, block: int = BLOCK_X86) -> np.ndarray:
     """I2_S bytes of int8 ternary t (M, K) and a per-tensor scale: codes t + 1, f32 scale, 28 zero bytes."""
     _check_block(block)
-    _check_ternary(t, block)
+    blocks.check_ternary(TYPE.name, t, block)
     s = np.float32(scale)
     if not np.isfinite(s) or s < 0:
         raise FormatError(f"I2_S: scale {scale!r} must be finite and >= 0")
@@ -61,11 +62,11 @@ def encode_ternary(t: np.ndarray, scale: float, block: int = BLOCK_X86) -> np.nd
 
 def ternary(raw: np.ndarray, shape: tuple[int, ...], block: int = BLOCK_X86) -> np.ndarray:
     """int8 ternary matrix (M, K) of an I2_S tensor, read with the given block layout (128 x86, 64 ARM)."""
-    m, k = _matrix_shape(shape)
+    m, k = blocks.matrix_shape(TYPE.name, shape)
     _check_block(block)
     if k % block:
         raise FormatError(f"I2_S: K = {k} is not a multiple of the block size {block}")
-    flat = _raw_bytes(raw, shape)
+    flat = blocks.raw_bytes(TYPE.name, raw, shape, nbytes)
     q = flat[: m * k // CODES_PER_BYTE].reshape(-1, 1, block // CODES_PER_BYTE)  # one row per block
     codes = (q >> SHIFTS[:, None]) & CODE_MASK  # [block, g, p] -> element B*block + (B/4)*g + p
     return CODE_VALUES[codes].reshape(m, k)
@@ -73,8 +74,8 @@ def ternary(raw: np.ndarray, shape: tuple[int, ...], block: int = BLOCK_X86) -> 
 
 def scales(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The per-tensor scale as a float32 array of one element (the f32 at byte n/4)."""
-    m, k = _matrix_shape(shape)
-    flat = _raw_bytes(raw, shape)
+    m, k = blocks.matrix_shape(TYPE.name, shape)
+    flat = blocks.raw_bytes(TYPE.name, raw, shape, nbytes)
     at = m * k // CODES_PER_BYTE
     return flat[at : at + SCALE_BYTES].view("<f4").astype(np.float32)
 
@@ -88,30 +89,3 @@ def decode(raw: np.ndarray, shape: tuple[int, ...], block: int = BLOCK_X86) -> n
 def _check_block(block: int) -> None:
     if block not in BLOCKS:
         raise FormatError(f"I2_S: block = {block!r}; expected {BLOCK_X86} (x86) or {BLOCK_ARM} (ARM)")
-
-
-def _check_ternary(t: np.ndarray, block: int) -> None:
-    if not isinstance(t, np.ndarray) or t.dtype != np.int8 or t.ndim != 2:
-        what = f"{t.dtype} array of shape {t.shape}" if isinstance(t, np.ndarray) else type(t).__name__
-        raise FormatError(f"I2_S: encode_ternary needs a 2-D int8 array (M, K), got {what}")
-    if t.shape[1] % block:
-        raise FormatError(f"I2_S: K = {t.shape[1]} is not a multiple of the block size {block}")
-    bad = np.abs(t.astype(np.int16)) > 1
-    if bad.any():
-        m, k = np.argwhere(bad)[0]
-        raise FormatError(f"I2_S: value {int(t[m, k])} at [{m}, {k}] is not ternary (-1, 0, +1)")
-
-
-def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) != 2 or any(int(d) <= 0 for d in shape):
-        raise FormatError(f"I2_S: shape {tuple(shape)} must be a 2-D weight [K, M] (ne order) with positive extents")
-    k, m = (int(d) for d in shape)
-    return m, k
-
-
-def _raw_bytes(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
-        raise FormatError(f"I2_S: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
-    if raw.size != nbytes(shape):
-        raise FormatError(f"I2_S: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
-    return raw.reshape(-1)

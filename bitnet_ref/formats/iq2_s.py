@@ -15,7 +15,7 @@ import numpy as np
 from gguf.quants import IQ2_S as _GGUF_IQ2_S
 
 from bitnet_ref.constants import GGMLType
-from bitnet_ref.errors import FormatError
+from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.IQ2_S
 BLOCK_ELEMS = 256
@@ -46,41 +46,21 @@ SCALES = slice(74, 82)  # two 4-bit scales per sub-block
 
 def nbytes(shape: tuple[int, ...]) -> int:
     """Bytes of a tensor with ggml shape `shape` (ne0 first)."""
-    n = 1
-    for d in shape:
-        n *= d
-    if shape and shape[0] % BLOCK_ELEMS:
-        raise FormatError(f"IQ2_S: ne0 = {shape[0]} is not a multiple of the block size {BLOCK_ELEMS}")
-    return n // BLOCK_ELEMS * BLOCK_BYTES
+    return blocks.nbytes(TYPE.name, BLOCK_ELEMS, BLOCK_BYTES, shape)
 
 
 def decode(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Float32 array in numpy order (ne reversed) from the bytes of an IQ2_S tensor (bit-exact with gguf-py)."""
-    blocks = _raw_blocks(raw, shape)
-    n = blocks.shape[0]
-    d = blocks[:, D].view("<f2").astype(np.float32).reshape(n, 1, 1)
-    high = (blocks[:, QH, None] >> HIGH_BITS_SHIFTS) & 3  # (n, ib, l)
-    idx = blocks[:, QS].reshape(n, SUB_BLOCKS, GROUPS).astype(np.uint16) | (high.astype(np.uint16) << 8)
-    nibbles = (blocks[:, SCALES, None] >> np.array([0, 4], dtype=np.uint8)) & 0xF  # (n, ib, low/high)
+    packed = blocks.raw_blocks(TYPE.name, BLOCK_ELEMS, BLOCK_BYTES, raw, shape)
+    n = packed.shape[0]
+    d = blocks.load_f16(packed, D).reshape(n, 1, 1)
+    high = (packed[:, QH, None] >> HIGH_BITS_SHIFTS) & 3  # (n, ib, l)
+    idx = packed[:, QS].reshape(n, SUB_BLOCKS, GROUPS).astype(np.uint16) | (high.astype(np.uint16) << 8)
+    nibbles = (packed[:, SCALES, None] >> np.array([0, 4], dtype=np.uint8)) & 0xF  # (n, ib, low/high)
     s = nibbles[:, :, NIBBLE_OF_GROUP].astype(np.float32)  # (n, ib, l)
-    sign_bits = (blocks[:, SIGNS].reshape(n, SUB_BLOCKS, GROUPS, 1) >> SIGN_BITS) & 1
+    sign_bits = (packed[:, SIGNS].reshape(n, SUB_BLOCKS, GROUPS, 1) >> SIGN_BITS) & 1
     signs = np.where(sign_bits == 0, np.float32(1), np.float32(-1))  # (n, ib, l, j)
     with np.errstate(invalid="ignore", over="ignore"):  # an inf or NaN d decodes to inf/NaN, as in ggml
         db = d * (np.float32(0.5) + s) * np.float32(0.25)
         w = db[..., None] * GRID[idx] * signs  # (n, ib, l, j)
-    return w.reshape(_numpy_shape(shape))
-
-
-def _numpy_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if len(shape) == 0 or any(int(d) <= 0 for d in shape):
-        raise FormatError(f"IQ2_S: shape {tuple(shape)} must have one or more positive extents (ne order)")
-    return tuple(int(d) for d in reversed(shape))
-
-
-def _raw_blocks(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
-        raise FormatError(f"IQ2_S: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
-    _numpy_shape(shape)
-    if raw.size != nbytes(shape):
-        raise FormatError(f"IQ2_S: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
-    return raw.reshape(-1, BLOCK_BYTES)
+    return w.reshape(blocks.numpy_shape(TYPE.name, shape))

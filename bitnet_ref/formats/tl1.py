@@ -24,6 +24,7 @@ import numpy as np
 
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
+from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.TL1
 SCALE_SUFFIX = "_scale"
@@ -84,7 +85,7 @@ def nbytes(shape: tuple[int, ...]) -> int:
 
 def encode_ternary(t: np.ndarray, tiling: Tiling) -> np.ndarray:
     """TL1 payload bytes of int8 ternary t (M, K); the scale goes into the separate `<name>_scale` F32 tensor."""
-    _check_ternary(t)
+    blocks.check_ternary(TYPE.name, t)
     m, k = t.shape
     tiling.check(m, k)
     idx = (3 * t[:, 0::2] + t[:, 1::2] + 4).astype(np.uint8)  # (M, K/2)
@@ -94,9 +95,9 @@ def encode_ternary(t: np.ndarray, tiling: Tiling) -> np.ndarray:
 
 def ternary(raw: np.ndarray, shape: tuple[int, ...], tiling: Tiling) -> np.ndarray:
     """int8 ternary matrix (M, K) of a TL1 payload laid out with `tiling`."""
-    m, k = _matrix_shape(shape)
+    m, k = blocks.matrix_shape(TYPE.name, shape)
     tiling.check(m, k)
-    payload = _raw_bytes(raw, shape)
+    payload = blocks.raw_bytes(TYPE.name, raw, shape, nbytes)
     row, pair = _byte_positions(m, k, tiling)
     idx = np.empty((m, k // PAIRS_PER_BYTE), dtype=np.uint8)
     idx[row, pair] = payload >> 4
@@ -120,28 +121,3 @@ def _byte_positions(m: int, k: int, tiling: Tiling) -> tuple[np.ndarray, np.ndar
     row = tm * tiling.BM + sm * bm_ + m16 * ROWS_PER_STEP + r
     pair = tk * (tiling.BK // 2) + sk * (by // 2) + 2 * kq
     return np.broadcast_to(row, extents).reshape(-1), np.broadcast_to(pair, extents).reshape(-1)
-
-
-def _check_ternary(t: np.ndarray) -> None:
-    if not isinstance(t, np.ndarray) or t.dtype != np.int8 or t.ndim != 2:
-        what = f"{t.dtype} array of shape {t.shape}" if isinstance(t, np.ndarray) else type(t).__name__
-        raise FormatError(f"TL1: encode_ternary needs a 2-D int8 array (M, K), got {what}")
-    bad = np.abs(t.astype(np.int16)) > 1
-    if bad.any():
-        m, k = np.argwhere(bad)[0]
-        raise FormatError(f"TL1: value {int(t[m, k])} at [{m}, {k}] is not ternary (-1, 0, +1)")
-
-
-def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) != 2 or any(int(d) <= 0 for d in shape):
-        raise FormatError(f"TL1: shape {tuple(shape)} must be a 2-D weight [K, M] (ne order) with positive extents")
-    k, m = (int(d) for d in shape)
-    return m, k
-
-
-def _raw_bytes(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
-        raise FormatError(f"TL1: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
-    if raw.size != nbytes(shape):
-        raise FormatError(f"TL1: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
-    return raw.reshape(-1)

@@ -33,6 +33,7 @@ import numpy as np
 
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
+from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.TL2
 SCALE_SUFFIX = "_scale"
@@ -110,7 +111,7 @@ def payload_bytes(m: int, k: int, tiling: Tiling) -> int:
 
 def encode_ternary(t: np.ndarray, tiling: Tiling) -> np.ndarray:
     """TL2 bytes (F of them) of int8 ternary t (M, K); the scale goes into the separate `<name>_scale` F32 tensor."""
-    _check_ternary(t)
+    blocks.check_ternary(TYPE.name, t)
     m, k = t.shape
     tiling.check(m, k)
     three_k, two_k = tiling.split(k)
@@ -131,10 +132,10 @@ def encode_ternary(t: np.ndarray, tiling: Tiling) -> np.ndarray:
 
 def ternary(raw: np.ndarray, shape: tuple[int, ...], tiling: Tiling) -> np.ndarray:
     """int8 ternary matrix (M, K) of a TL2 tensor laid out with `tiling`."""
-    m, k = _matrix_shape(shape)
+    m, k = blocks.matrix_shape(TYPE.name, shape)
     tiling.check(m, k)
     three_k, two_k = tiling.split(k)
-    flat = _raw_bytes(raw, shape)
+    flat = blocks.raw_bytes(TYPE.name, raw, shape, nbytes)
     n_mag, n_sign = three_k * m // 6, three_k * m // 24
     t = np.empty((m, k), dtype=np.int8)
     t[:, :three_k] = _three_part(flat[:n_mag], flat[n_mag : n_mag + n_sign], m, three_k, tiling)
@@ -213,28 +214,3 @@ def _tail_positions(m: int, two_k: int, tiling: Tiling) -> tuple[np.ndarray, np.
     row = tm * tiling.BM + sm * GROUP_ROWS + ROW_OF_BYTE[b]
     pair = tk * (TAIL_BK // 2) + 2 * sk
     return _flat(shape, row, pair)
-
-
-def _check_ternary(t: np.ndarray) -> None:
-    if not isinstance(t, np.ndarray) or t.dtype != np.int8 or t.ndim != 2:
-        what = f"{t.dtype} array of shape {t.shape}" if isinstance(t, np.ndarray) else type(t).__name__
-        raise FormatError(f"TL2: encode_ternary needs a 2-D int8 array (M, K), got {what}")
-    bad = np.abs(t.astype(np.int16)) > 1
-    if bad.any():
-        m, k = np.argwhere(bad)[0]
-        raise FormatError(f"TL2: value {int(t[m, k])} at [{m}, {k}] is not ternary (-1, 0, +1)")
-
-
-def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) != 2 or any(int(d) <= 0 for d in shape):
-        raise FormatError(f"TL2: shape {tuple(shape)} must be a 2-D weight [K, M] (ne order) with positive extents")
-    k, m = (int(d) for d in shape)
-    return m, k
-
-
-def _raw_bytes(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
-        raise FormatError(f"TL2: raw bytes must be a uint8 array, got {getattr(raw, 'dtype', type(raw).__name__)}")
-    if raw.size != nbytes(shape):
-        raise FormatError(f"TL2: {raw.size} bytes given for shape {tuple(shape)}; expected {nbytes(shape)}")
-    return raw.reshape(-1)
