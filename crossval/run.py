@@ -392,6 +392,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--flash-attn", action="store_true",
                     help="llama.cpp with flash attention on (NUMERICS.md §4.10: ggml gates then expected to fail)")
     ap.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    ap.add_argument("--no-report", action="store_true", help="write records only, no HTML report")
     return ap.parse_args(argv)
 
 
@@ -456,5 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_records(args.out, results, pool, th, vars(args))
     gating = [r for r in results if r.verdict in GATING]
     console.print(f"records: {path}")
+    if not args.no_report:
+        from reports.html import build_index, build_report
+
+        console.print(f"report: {build_report(path)}")
+        console.print(f"index: {build_index(args.out)}")
     console.print(f"[{'bold red' if gating else 'green'}]{len(gating)} gate failure(s)[/] in {len(results)} cases")
     return 1 if gating else 0
