@@ -95,7 +95,9 @@ def read_run(path: str | Path) -> tuple[dict, dict[str, pd.DataFrame]]:
     meta = json.loads(meta_path.read_text())
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise RecordError(f"{meta_path}: schema_version {meta.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*" + TABLE_SUFFIX))}
+    tables = {
+        p.stem: pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in sorted(path.glob("*" + TABLE_SUFFIX))
+    }
     return meta, tables
 
 
