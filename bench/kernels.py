@@ -16,6 +16,7 @@ import time
 
 import numba
 import numpy as np
+from rich.console import Console
 
 from bitnet_ref.kernels import actquant, ternary
 from bitnet_ref.kernels.simd import available_isas, isa_id
@@ -97,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     isas = list(available_isas())
     rng = np.random.default_rng(0)
     cpu = args.clock == "cpu"
-    print(f"kernel_isa() = {ternary.kernel_isa()}; ISAs timed: {', '.join(isas)}; numba {numba.__version__}")
-    print(f"clock: {args.clock}{' (process CPU time / threads)' if cpu else ''}")
-    print("decode (T = 1), weight GB/s, median of", args.reps)
-    print(f"{'format':8} {'act':4} {'M x K':>11} {'thr':>3} " + " ".join(f"{n:>10}" for n in isas))
+    say = Console(highlight=False).out
+    say(f"kernel_isa() = {ternary.kernel_isa()}; ISAs timed: {', '.join(isas)}; numba {numba.__version__}")
+    say(f"clock: {args.clock}{' (process CPU time / threads)' if cpu else ''}")
+    say(f"decode (T = 1), weight GB/s, median of {args.reps}")
+    say(f"{'format':8} {'act':4} {'M x K':>11} {'thr':>3} " + " ".join(f"{n:>10}" for n in isas))
     for fmt, act in KERNELS:
         if fmt not in args.formats:
             continue
@@ -109,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 numba.set_num_threads(nt)
                 sec = bench_shape(fmt, act, M, K, 1, isas, args.reps, rng, cpu)
                 gbs = [ternary.weight_nbytes(fmt, M, K) / sec[n] / 1e9 for n in isas]
-                print(f"{fmt:8} {act:4} {M:>5}x{K:<5} {nt:>3} " + " ".join(f"{g:10.1f}" for g in gbs), flush=True)
+                say(f"{fmt:8} {act:4} {M:>5}x{K:<5} {nt:>3} " + " ".join(f"{g:10.1f}" for g in gbs))
     if args.prefill:
-        print("prefill, GOP/s (2·M·K·T per call), 2560 x 6912")
+        say("prefill, GOP/s (2·M·K·T per call), 2560 x 6912")
         for fmt, act in KERNELS:
             if fmt not in args.formats:
                 continue
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     numba.set_num_threads(nt)
                     sec = bench_shape(fmt, act, 2560, 6912, T, isas, max(1, args.reps // 2), rng, cpu)
                     gops = [2 * 2560 * 6912 * T / sec[n] / 1e9 for n in isas]
-                    print(f"{fmt:8} {act:4} T={T:<4} thr {nt} " + " ".join(f"{g:10.1f}" for g in gops), flush=True)
+                    say(f"{fmt:8} {act:4} T={T:<4} thr {nt} " + " ".join(f"{g:10.1f}" for g in gops))
     return 0
 
 
