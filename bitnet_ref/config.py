@@ -54,6 +54,7 @@ from bitnet_ref.constants import (
     TENSOR_OUTPUT,
     TENSOR_OUTPUT_NORM,
     TENSOR_TOKEN_EMBD,
+    TL_SCALE_SUFFIX,
     GGMLType,
 )
 from bitnet_ref.errors import ConfigError
@@ -78,7 +79,6 @@ LINEARS = (
 )
 _LINEAR_SCALE = re.compile(r"blk\.(\d+)\.(" + "|".join(p.split(".")[2] for p in LINEARS) + r")\.scale")
 TL_TYPES = (GGMLType.TL1, GGMLType.TL2)
-TL_SCALE_SUFFIX = "_scale"
 HF_2B4T_DIMS = {"n_embd": 2560, "n_layer": 30, "n_ff": 6912, "n_head": 20, "n_head_kv": 5}
 
 

@@ -153,3 +153,5 @@ TENSOR_FFN_GATE = "blk.{i}.ffn_gate.weight"
 TENSOR_FFN_UP = "blk.{i}.ffn_up.weight"
 TENSOR_FFN_SUB_NORM = "blk.{i}.ffn_sub_norm.weight"
 TENSOR_FFN_DOWN = "blk.{i}.ffn_down.weight"
+# bitnet.cpp keeps a TL1/TL2 weight's scale in a 1-element F32 tensor `<name>_scale` (FORMATS.md §3.5)
+TL_SCALE_SUFFIX = "_scale"

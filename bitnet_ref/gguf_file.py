@@ -31,6 +31,7 @@ from bitnet_ref.constants import (
     MXFP4_BLOCK_BYTES,
     MXFP4_BLOCK_ELEMS,
     MXFP4_TYPE_ID,
+    TL_SCALE_SUFFIX,
     VALUE_DTYPES,
     GGMLType,
     ValueType,
@@ -56,7 +57,6 @@ GGUF_WRITE_VERSION = 3
 GGML_MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
 MAX_ARRAY_DEPTH = 8  # nested metadata arrays deeper than this are refused (no real file nests more than 2)
 INT64_MAX = 2**63 - 1  # ggml stores ne[] and element counts as int64
-SCALE_SUFFIX = "_scale"  # TL1/TL2 keep their scale in a 1-element F32 tensor `<name>_scale` (FORMATS.md §3.5)
 FORK_TYPE_IDS = (GGMLType.I2_S, GGMLType.TL1)  # ids that only bitnet.cpp's fork writes (FORMATS.md §2, rule 1)
 
 _U32 = struct.Struct("<I")
@@ -493,14 +493,14 @@ class _Layout:
             ) from None
 
     def _has_scale_tensor(self, t: _RawTensor) -> bool:
-        s = self.by_name.get(t.name + SCALE_SUFFIX)
+        s = self.by_name.get(t.name + TL_SCALE_SUFFIX)
         return s is not None and s.type_id == GGMLType.F32 and math.prod(s.shape) == 1
 
     def _resolve_39(self, t: _RawTensor) -> int:
         """TL2's size if context marks type 39 as bitnet.cpp's TL2; else it is mainline MXFP4 (FORMATS.md §2)."""
         reasons = list(self.fork_reasons)
         if self._has_scale_tensor(t):
-            reasons.append(f"a 1-element F32 tensor {t.name + SCALE_SUFFIX!r} exists")
+            reasons.append(f"a 1-element F32 tensor {t.name + TL_SCALE_SUFFIX!r} exists")
         if reasons:
             return self._nbytes(t, tl2)  # _check_bounds then confirms the extent
         room = self.room[t.name]
@@ -519,7 +519,7 @@ class _Layout:
             f"tensor {t.name!r} type",
             t.type_id,
             "a supported type. Type 39 is MXFP4 in mainline ggml, which bitnet-ref does not read. It could not be "
-            f"bitnet.cpp's TL2: there is no 1-element F32 tensor {t.name + SCALE_SUFFIX!r}, no I2_S/TL1 tensor, and "
+            f"bitnet.cpp's TL2: there is no 1-element F32 tensor {t.name + TL_SCALE_SUFFIX!r}, no I2_S/TL1 tensor, and "
             f"architecture {self.header.metadata.get(KEY_ARCHITECTURE)!r} is not one of {FORK_ONLY_ARCHS} "
             f"(general.file_type = {self.header.metadata.get(KEY_FILE_TYPE)!r}; {sizes}).{undecided}",
         )
@@ -587,7 +587,7 @@ def check_scales(gguf: GGUFFile) -> None:
         elif info.type == GGMLType.I2_S:
             _check(gguf, info.name, _i2_s_scale(gguf.tensor_bytes(info.name), info), per_block=False)
         elif info.type in (GGMLType.TL1, GGMLType.TL2):
-            _check(gguf, info.name + SCALE_SUFFIX, _tl_scale(gguf, info), per_block=False)
+            _check(gguf, info.name + TL_SCALE_SUFFIX, _tl_scale(gguf, info), per_block=False)
 
 
 def _block_scales(raw: np.ndarray, fmt: ModuleType) -> np.ndarray:
@@ -605,12 +605,12 @@ def _i2_s_scale(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 def _tl_scale(gguf: GGUFFile, info: TensorInfo) -> np.ndarray:
     """The value of the `<name>_scale` tensor of a TL1/TL2 weight."""
-    scale = gguf.tensors.get(info.name + SCALE_SUFFIX)
+    scale = gguf.tensors.get(info.name + TL_SCALE_SUFFIX)
     if scale is None or scale.type != GGMLType.F32 or scale.n_elements != 1:
         found = None if scale is None else (scale.type.name, scale.shape)
         raise ScaleError(
             gguf.path,
-            f"tensor {info.name + SCALE_SUFFIX!r}",
+            f"tensor {info.name + TL_SCALE_SUFFIX!r}",
             found,
             f"a 1-element F32 tensor holding the scale of {info.name!r}",
         )
@@ -857,11 +857,11 @@ class GGUFWriter:
             if t.type not in (GGMLType.TL1, GGMLType.TL2):
                 continue
             nxt = self._tensors[i + 1] if i + 1 < len(self._tensors) else None
-            ok = nxt is not None and nxt.name == t.name + SCALE_SUFFIX and nxt.type == GGMLType.F32
+            ok = nxt is not None and nxt.name == t.name + TL_SCALE_SUFFIX and nxt.type == GGMLType.F32
             if not ok or math.prod(nxt.shape) != 1:
                 found = None if nxt is None else (nxt.name, nxt.type.name, nxt.shape)
                 raise TensorShapeError(
-                    self.path, f"tensor after {t.name!r}", found, f"a 1-element F32 tensor {t.name + SCALE_SUFFIX!r}"
+                    self.path, f"tensor after {t.name!r}", found, f"a 1-element F32 tensor {t.name + TL_SCALE_SUFFIX!r}"
                 )
 
     def write_tensor(self, name: str, data: np.ndarray | bytes) -> None:

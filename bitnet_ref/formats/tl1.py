@@ -27,7 +27,6 @@ from bitnet_ref.errors import FormatError
 from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.TL1
-SCALE_SUFFIX = "_scale"
 LUT_WIDTH = 256  # by * bm: columns x rows of one compute step
 ROWS_PER_STEP = 16  # r: rows per byte run
 PAIRS_PER_BYTE = 2

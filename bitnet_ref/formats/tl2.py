@@ -36,7 +36,6 @@ from bitnet_ref.errors import FormatError
 from bitnet_ref.formats import blocks
 
 TYPE = GGMLType.TL2
-SCALE_SUFFIX = "_scale"
 LUT_WIDTH = 192  # by * bm of the three part
 GROUP_ROWS = 32  # bm: rows of one 32-byte group (TL2 requires bm = 32)
 TRIPLES_PER_SIGN_WORD = 8  # a sign group (16 words x 16 bits) covers 32 rows x 8 triples
