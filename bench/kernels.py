@@ -28,6 +28,7 @@ KERNELS = {  # (format, profile) -> kernel
     ("tq1_0", "q8k"): ternary.matmul_tq1_0_q8k,
     ("tq2_0", "i8"): ternary.matmul_tq2_0_i8,
     ("tq1_0", "i8"): ternary.matmul_tq1_0_i8,
+    ("i2_s", "q8k"): ternary.matmul_i2s_q8k,
     ("i2_s", "i8"): ternary.matmul_i2s_i8,
 }
 

@@ -36,7 +36,7 @@ from bitnet_ref.constants import (
     TENSOR_TOKEN_EMBD,
     GGMLType,
 )
-from bitnet_ref.errors import ContextOverflowError, EngineError, TokenRangeError, UnsupportedFormatError
+from bitnet_ref.errors import ContextOverflowError, EngineError, FormatError, TokenRangeError, UnsupportedFormatError
 from bitnet_ref.gguf_file import GGUFFile, read_gguf
 from bitnet_ref.kernels import activation, actquant, attention, dense, norm, rope, ternary
 from bitnet_ref.kernels.scalar import powf
@@ -132,6 +132,11 @@ def _linear(gguf: GGUFFile, name: str, numerics: Numerics) -> Linear:
     if scale_name in gguf.tensors:
         scale = float(formats.get(gguf.tensors[scale_name].type).decode(gguf.tensor_bytes(scale_name), (1,))[0])
     raw = gguf.tensor_bytes(name)
+    if info.type in TERNARY_NAMES:
+        try:
+            ternary.check_weight(info.type.name.lower(), np.asarray(raw), info.rows, info.cols, ACT_SUFFIX[kind])
+        except FormatError as e:
+            raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
     return Linear(name, info.type, info.rows, info.cols, _typed_view(raw, info.type), kind, scale)
 
 

@@ -108,7 +108,7 @@ def _ggml(simd: str) -> Numerics:
         activation=(
             ("TQ1_0", "q8_k"),
             ("TQ2_0", "q8_k"),
-            ("I2_S", "i8_token"),  # llama.cpp cannot load I2_S; bitnet.cpp's kernel quantizes per token (§5.1)
+            ("I2_S", "q8_k"),  # what llama.cpp computes on the I2_S file's TQ2_0 twin (d = f16(scale) per block)
             ("F16", "f16"),
             ("BF16", "bf16"),
             ("Q8_0", "q8_0"),

@@ -273,11 +273,6 @@ def compare_case(case: C.Case, engine: Backend, ref: Backend, th: dict, n_layer:
 # -- the matrix -----------------------------------------------------------------------------------------------------
 
 
-def engine_numerics(case: C.Case) -> object:
-    """The engine's numerics for a case: the profile name (I2_S under ggml: see the thresholds comment)."""
-    return case.profile
-
-
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
     h = hashlib.sha256()
@@ -326,7 +321,7 @@ class Backends:
             epath = C.engine_model(case)
             lpath = C.llama_model(case, epath)
             n_ctx = min(model_context(epath), C.LONG_CTX_CAP)
-            engine = BitnetRefBackend(epath, numerics=engine_numerics(case), n_threads=case.threads, n_ctx=n_ctx)
+            engine = BitnetRefBackend(epath, numerics=case.profile, n_threads=case.threads, n_ctx=n_ctx)
             ref = LlamaCppBackend(lpath, n_threads=case.threads, n_ctx=n_ctx, flash_attn=case.flash_attn)
             self.key, self.pair = case.model_key, Pair(engine, ref, engine.config.n_layer, n_ctx, epath, lpath)
             for p in {epath, lpath}:

@@ -37,9 +37,9 @@ def test_ggml_profile_is_near_bit_level(quick_run):
     _, meta, tables = quick_run
     cases = tables["cases"].query("verdict == 'PASS' and profile == 'ggml'")
     ggml_bound = meta["thresholds"]["profiles"]["ggml"]["logits_r"]
-    mainline = cases[cases.fmt != "i2_s"]  # I2_S: the engine's per-token int8 vs llama.cpp's Q8_K on the TQ2_0 twin
-    assert not mainline.empty and (mainline.logits_r_min >= ggml_bound).all(), mainline[["case", "logits_r_min"]]
-    assert (mainline.greedy_match.astype(bool)).all()
+    assert not cases.empty and (cases.logits_r_min >= ggml_bound).all(), cases[["case", "logits_r_min"]]
+    assert "i2_s" in set(cases.fmt)  # I2_S: the engine on the I2_S file, llama.cpp on its TQ2_0 twin
+    assert (cases.greedy_match.astype(bool)).all()
 
 
 def test_tokenizer_parity_and_expected_divergence(quick_run):

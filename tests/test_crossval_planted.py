@@ -123,14 +123,17 @@ def _reverse_pairs(codes):
 @pytest.mark.parametrize("profile", ["ggml", "bitnet"])
 def test_i2s_bit_order_reversed(refs, th, monkeypatch, profile):
     """The I2_S kernel reads each byte's codes least significant pair first (the file stores MSB first)."""
-    real = ternary.matmul_i2s_i8
 
-    def flipped(w, M, K, *rest):
-        w = np.array(w)
-        w[: M * K // 4] = _reverse_pairs(w[: M * K // 4])
-        real(w, M, K, *rest)
+    def flipped(real):
+        def run(w, M, K, *rest):
+            w = np.array(w)
+            w[: M * K // 4] = _reverse_pairs(w[: M * K // 4])
+            real(w, M, K, *rest)
 
-    monkeypatch.setattr(ternary, "matmul_i2s_i8", flipped)
+        return run
+
+    for name in ("matmul_i2s_i8", "matmul_i2s_q8k"):  # bitnet profile: per-token int8; ggml profile: Q8_K
+        monkeypatch.setattr(ternary, name, flipped(getattr(ternary, name)))
     _assert_located(_verdict(_case("i2_s", profile), refs, th), 0, "Qcur")
 
 

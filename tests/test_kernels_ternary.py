@@ -116,6 +116,13 @@ def twin_ggml(codes, dw, qs, dx, bsums) -> np.ndarray:
     return hsum8(acc)
 
 
+def twin_d(fmt: str, scales, M: int, K: int) -> np.ndarray:
+    """Block d (M, K/256) of the ggml twin: the TQ block ds, or for I2_S its TQ2_0 twin's f16(scale) everywhere."""
+    if fmt == "i2_s":
+        return np.full((M, K // 256), np.float16(scales), F32)
+    return scales
+
+
 def twin_tq_i8(codes, dw, q, s) -> np.ndarray:
     """bitnet TQ: acc = f32(acc + f32(f32(D_b)·d_b)) in block order, y = acc / s."""
     M, K = codes.shape
@@ -251,6 +258,27 @@ def test_f16_to_f32_all_bit_patterns():
     assert np.array_equal(hw[~nan].view(np.uint32), want[~nan].view(np.uint32)) and np.isnan(hw[nan]).all()
 
 
+def test_round_f16_arith_matches_numpy():
+    """The arithmetic f16 rounding (the I2_S twin's d) equals numpy's float16 cast: normals, subnormals, exact ties,
+    the overflow edge, zeros, infinities and NaN."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate(
+        [
+            rng.standard_normal(200_000).astype(F32) * F32(3.0),
+            (rng.standard_normal(50_000) * 2.0 ** rng.integers(-30, 17, 50_000)).astype(F32),
+            np.arange(-4096, 4096, dtype=F32) * F32(2.0**-25),  # subnormal grid and its exact ties
+            (np.arange(1024, 2048, dtype=F32) + F32(0.5)) * F32(2.0**-10),  # ties between normals
+            np.array([65504, 65519.99, 65520, 65536, -65520, 0.0, -0.0, np.inf, -np.inf], F32),
+        ]
+    )
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(F32)
+    got = np.array([ternary.round_f16_arith(v) for v in x], F32)
+    assert np.array_equal(got, want)
+    assert np.isnan(ternary.round_f16_arith(F32(np.nan)))
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_tq1_trit_rule():
     """The SIMD trit rule [p ≥ 86] + [p ≥ 171] equals FORMATS.md's ((p·3^n mod 256)·3) >> 8 for every byte."""
     p = np.arange(256)
@@ -327,16 +355,17 @@ def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
         )
 
 
-@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0"])
+@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0", "i2_s"])
 @pytest.mark.parametrize("M,K,T", SHAPES)
 def test_ggml_profile_matches_x86_lane_twin(fmt, M, K, T):
-    """matmul_<tq>_q8k equals the 8-lane AVX2 vec_dot twin on every ISA path, canonical and random bytes."""
+    """matmul_<fmt>_q8k equals the 8-lane AVX2 vec_dot twin on every ISA path, canonical and random bytes (I2_S:
+    the TQ2_0 twin's product, d = f16(scale); the test scale 0.7183 is not f16-exact, so the rounding is seen)."""
     rng = np.random.default_rng(M * K + T)
     x = activations(rng, T, K)
     acts = twin_q8_k(x)
     for random_bytes in (False, True):
-        w, (codes, dw) = weights(fmt, rng, M, K, random_bytes)
-        want = twin_ggml(codes, dw, *acts)
+        w, (codes, scales) = weights(fmt, rng, M, K, random_bytes)
+        want = twin_ggml(codes, twin_d(fmt, scales, M, K), *acts)
         for isa in ISAS:
             assert_same(run_kernel(fmt, "q8k", w, M, K, acts, isa), want, f"{fmt} q8k {ISA_NAMES[isa]} {M}x{K} T={T}")
 
@@ -378,7 +407,8 @@ def test_results_do_not_depend_on_thread_count():
     x = activations(rng, T, K)
     before = numba.get_num_threads()
     try:
-        for fmt, act, acts in (("tq2_0", "q8k", twin_q8_k(x)), ("tq1_0", "i8", twin_i8(x)), ("i2_s", "i8", twin_i8(x))):
+        q8k, i8 = twin_q8_k(x), twin_i8(x)
+        for fmt, act, acts in (("tq2_0", "q8k", q8k), ("tq1_0", "i8", i8), ("i2_s", "i8", i8), ("i2_s", "q8k", q8k)):
             w, _ = weights(fmt, rng, M, K, True)
             for isa in ISAS:
                 outs = []
@@ -398,7 +428,8 @@ def test_prefill_equals_row_by_row_decode():
     M, K, T = 17, 512, 6  # one group of 4 tokens, then 2 single tokens
     x = activations(rng, T, K)
     q8k, i8 = twin_q8_k(x), twin_i8(x)
-    for fmt, act, acts in (("tq2_0", "q8k", q8k), ("tq1_0", "q8k", q8k), ("tq2_0", "i8", i8), ("i2_s", "i8", i8)):
+    cases = (("tq2_0", "q8k", q8k), ("tq1_0", "q8k", q8k), ("i2_s", "q8k", q8k), ("tq2_0", "i8", i8), ("i2_s", "i8", i8))
+    for fmt, act, acts in cases:
         w, _ = weights(fmt, rng, M, K, False)
         for isa in ISAS:
             full = run_kernel(fmt, act, w, M, K, acts, isa)
@@ -451,6 +482,10 @@ def test_check_matmul_rejects_bad_activations():
         ternary.check_matmul("tq2_0", "i8", w, 2, 256, q, s, a, np.zeros((2, 1), F32))
     with pytest.raises(FormatError):
         ternary.check_matmul("i2_s", "q8k", w, 2, 256, q, s, a, np.zeros((1, 2), F32))
+    w384 = np.zeros(2 * 384 // 4 + 4, np.uint8)
+    q384, d, bsums = np.zeros((1, 384), np.int8), np.zeros((1, 1), F32), np.zeros((1, 24), np.int16)
+    with pytest.raises(FormatError, match="K must be a positive multiple of 256"):
+        ternary.check_matmul("i2_s", "q8k", w384, 2, 384, q384, d, bsums, np.zeros((1, 2), F32))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -463,7 +498,8 @@ ro, i8, f1, i1 = ty.Array(ty.uint8, 1, "C", readonly=True), ty.Array(ty.int8, 2,
 f2, i16, n = ty.Array(ty.float32, 2, "C"), ty.Array(ty.int16, 2, "C"), ty.int64
 i2s = (ternary.matmul_i2s_i8, (ro, n, n, i8, f1, i1, f2, n))
 tq2 = (ternary.matmul_tq2_0_q8k, (ro, n, n, i8, f2, i16, f2, n))
-for fn, sig in (i2s, tq2):
+i2s_q8k = (ternary.matmul_i2s_q8k, (ro, n, n, i8, f2, i16, f2, n))
+for fn, sig in (i2s, tq2, i2s_q8k):
     fn.compile(sig)
     print(fn.__name__, ternary.kernel_isa(), fn.inspect_asm(sig).count("vpdpbusd"))
 """
@@ -476,11 +512,11 @@ import test_kernels_ternary as tk
 rng = np.random.default_rng(0)
 M, K, T = 17, 512, 6
 x = tk.activations(rng, T, K)
-for fmt, act in (("tq2_0", "q8k"), ("tq1_0", "q8k"), ("tq2_0", "i8"), ("i2_s", "i8")):
+for fmt, act in (("tq2_0", "q8k"), ("tq1_0", "q8k"), ("i2_s", "q8k"), ("tq2_0", "i8"), ("i2_s", "i8")):
     acts = tk.twin_q8_k(x) if act == "q8k" else tk.twin_i8(x)
     w, (codes, sc) = tk.weights(fmt, rng, M, K, True)
     if act == "q8k":
-        want = tk.twin_ggml(codes, sc, *acts)
+        want = tk.twin_ggml(codes, tk.twin_d(fmt, sc, M, K), *acts)
     else:
         want = tk.twin_i2s(codes, sc, *acts) if fmt == "i2_s" else tk.twin_tq_i8(codes, sc, *acts[:2])
     tk.assert_same(tk.run_kernel(fmt, act, w, M, K, acts, 1), want, fmt + " " + act + " generic IR")

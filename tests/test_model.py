@@ -5,9 +5,9 @@ Tolerances stated here:
   (every kernel of the profile uses one order for every batch width).
 - "ggml" profile: llama.cpp's float matmuls switch from vec_dot (1 column) to tinyBLAS (≥ 2 columns), and the engine
   follows it, so prefill and one-by-one differ by float rounding: asserted max |Δ| ≤ 0.01·std(logits), r > 0.99999.
-- Against llama.cpp (FA off, logits of every position): Pearson r > 0.999 asserted for F32, F16, TQ1_0, TQ2_0 and
-  I2_S (engine on the I2_S file, llama.cpp on its lossless TQ2_0 twin); on a host whose ggml build the engine's
-  orders were verified against (AVX2), the logits are also asserted bit-identical for every format llama.cpp loads.
+- Against llama.cpp (FA off, logits of every position): Pearson r > 0.999 asserted for F32, F16, BF16, Q8_0, TQ1_0,
+  TQ2_0 and I2_S (engine on the I2_S file, llama.cpp on its lossless TQ2_0 twin); on a host whose ggml build the
+  engine's orders were verified against (AVX2), the logits are also asserted bit-identical for every format.
 """
 
 from __future__ import annotations
@@ -249,6 +249,16 @@ def test_unsupported_format_raised_at_load_naming_tensor_and_type():
         load_model(tiny("tq2_0"), no_f16, n_threads=1)
 
 
+def test_i2s_rows_of_128_blocks_need_256_under_ggml(tmp_path):
+    """I2_S rows of K = 128·odd run in the bitnet profile; the ggml profile (Q8_K blocks of 256, what llama.cpp runs on
+    the TQ2_0 twin) refuses them at load, naming the file, the tensor and K."""
+    path = synth.synth_model(tmp_path / "i2s384.gguf", preset="tiny", fmt="i2_s", arch="bitnet", n_ff=384)
+    m = load_model(path, "bitnet", n_threads=1)
+    assert np.isfinite(m.forward(tokens(3), 0)).all()
+    with pytest.raises(UnsupportedFormatError, match=r"i2s384\.gguf: tensor blk\.0\.ffn_down\.weight.*K = 384"):
+        load_model(path, "ggml", n_threads=1)
+
+
 def test_ffn_act_override_and_describe():
     m = load_model(tiny("tq2_0"), "ggml", n_threads=1, ffn_act="relu2")
     d = m.describe()
@@ -371,7 +381,7 @@ def test_logits_match_llama_cpp(fmt, record_property):
         record_property(k, v)
     print(f"{fmt}: " + " ".join(f"{k}={v:.7g}" for k, v in stats.items()))
     assert stats["r"] > 0.999, stats
-    if fmt != "i2_s" and PROFILES["ggml"].simd == "avx2":
+    if PROFILES["ggml"].simd == "avx2":
         assert stats["exact"] == 1.0, stats  # the orders were verified against this host kind's ggml build
 
 

@@ -378,7 +378,7 @@ def f32x8_zero(typingctx):
     return f32x8(), lambda context, builder, sig, args: ir.Constant(_V8F32, None)
 
 
-_TQ2, _TQ1, _I2S, _I2S4 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(4)
+_TQ2, _TQ1, _I2S, _I2S2, _I2S4 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(2), _codes_i2s(4)
 
 
 @intrinsic
@@ -418,6 +418,13 @@ def dot_i2s4(typingctx, acc, w, wi, a, ai, isa):
 
 
 @intrinsic
+def dot_i2s_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
+    """Two I2_S chunks (64 bytes at w[wi], 256 elements) − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of
+    the TQ2_0 block holding the same codes (I2_S byte p of chunk c holds elements with e mod 32 = p, like TQ2_0)."""
+    return _dot_intrinsic("dot_i2s_q8k", _I2S2, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+
+
+@intrinsic
 def dot_tq2_t4(typingctx, acc, w, wi, a, ai, astride, isa):
     """dot_tq2 for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the block decoded once."""
     return _dot_intrinsic("dot_tq2_t4", _TQ2, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
@@ -441,6 +448,14 @@ def dot_tq2_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, is
 def dot_tq1_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
     """dot_tq1_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
     return _dot_intrinsic("dot_tq1_q8k_t4", _TQ1, 4, True)(
+        typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
+    )
+
+
+@intrinsic
+def dot_i2s_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
+    """dot_i2s_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
+    return _dot_intrinsic("dot_i2s_q8k_t4", _I2S2, 4, True)(
         typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
     )
 

@@ -12,6 +12,8 @@ ggml profile (`*_q8k`, activations from `quantize_q8_k`), what llama.cpp's x86 A
 per 256-block b, 8 int32 lanes L_k = Σ_{e: (e mod 32) ∈ [4k,4k+3]} u_e·q_e − (bsums[16b+2k] + bsums[16b+2k+1]);
 d_b = f32(d_x[b] · f16→f32(d_w[b])); acc_k = fma(f32(L_k), d_b, acc_k) in block order (one rounding, llvm.fma);
 y = ((acc4+acc0) + (acc6+acc2)) + ((acc5+acc1) + (acc7+acc3)) in f32.
+I2_S under the ggml profile (`matmul_i2s_q8k`) is that TQ2_0 product on the file llama.cpp loads instead, the TQ2_0
+twin (synth.tq2_0_twin): the same codes, every block's d_w = f16(per-tensor scale). K must be a multiple of 256.
 
 bitnet profile (`*_i8`, activations from `quantize_i8_rows`: q, s, act_sum):
 - I2_S (x86 128-block layout): sumi = Σ u·q over the row (exact); y = f32(f32(f32(sumi) − f32(act_sum)) / s) · scale,
@@ -29,6 +31,8 @@ Two paths, chosen by `isa` (simd.ISA_*; `kernel_isa()` names the default):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -39,6 +43,8 @@ from bitnet_ref.kernels.simd import (
     default_isa,
     dot_i2s,
     dot_i2s4,
+    dot_i2s_q8k,
+    dot_i2s_q8k_t4,
     dot_i2s_t4,
     dot_tq1,
     dot_tq1_q8k,
@@ -92,6 +98,46 @@ def _i2s_scale(w, M, K):
 
 
 @njit(cache=True)
+def _q8k_block_bytes(fmt):
+    """Bytes of one 256-element block in the ggml-profile kernels: TQ2_0 66, TQ1_0 54, I2_S two 32-byte chunks."""
+    if fmt == FMT_TQ2_0:
+        return TQ2_0_BYTES
+    if fmt == FMT_TQ1_0:
+        return TQ1_0_BYTES
+    return 2 * 32
+
+
+@njit(cache=True)
+def round_f16_arith(x):
+    """f32 x rounded to the nearest f16 (even on ties; ±inf past 65504), as f32, in plain arithmetic (no F16C needed):
+    rint(x / ulp)·ulp in f64, ulp = 2^(e−11) for x = m·2^e (0.5 ≤ m < 1), at least 2^−24 (subnormals). All exact."""
+    if not math.isfinite(x):
+        return x
+    _, e = math.frexp(np.float64(x))
+    ulp = math.ldexp(1.0, max(e - 11, -24))
+    r = np.rint(np.float64(x) / ulp) * ulp
+    if abs(r) > 65504.0:
+        return np.float32(math.copysign(math.inf, x))
+    return np.float32(r)
+
+
+@njit(cache=True)
+def _twin_d(w, M, K, fmt):
+    """I2_S: the d of every block of its TQ2_0 twin, f16(scale) as f32; 0 for the TQ formats (d is in each block)."""
+    if fmt == FMT_I2S:
+        return round_f16_arith(_i2s_scale(w, M, K))
+    return np.float32(0.0)
+
+
+@njit(cache=True)
+def _block_d(w, o, bb, fmt, d_twin):
+    """The f16 d of the 256-block at byte o (its last two bytes), or the I2_S twin's d."""
+    if fmt == FMT_I2S:
+        return d_twin
+    return _f16_at(w, o + bb - 2)
+
+
+@njit(cache=True)
 def _tq_i8_epilogue(sumi_b, qsum_b, d_b, acc):
     """One block of the bitnet TQ epilogue: acc + f32(f32(Σu·q − Σq) · d_b), all float32."""
     return acc + np.float32(sumi_b - qsum_b) * d_b
@@ -126,9 +172,11 @@ def _zeros4():
 
 @njit(cache=True)
 def _q8k_block(w, o, qs, ai, bsums, bi, fmt, isa):
-    """ggml lanes L_k of the TQ block at byte o and one Q8_K token (activations at qs[ai], bsums at bsums[bi])."""
+    """ggml lanes L_k of the 256-block at byte o and one Q8_K token (activations at qs[ai], bsums at bsums[bi])."""
     if fmt == FMT_TQ2_0:
         return dot_tq2_q8k(i32x8_zero(), w, o, qs, ai, bsums, bi, isa)
+    if fmt == FMT_I2S:
+        return dot_i2s_q8k(i32x8_zero(), w, o, qs, ai, bsums, bi, isa)
     return dot_tq1_q8k(i32x8_zero(), w, o, qs, ai, bsums, bi, isa)
 
 
@@ -137,6 +185,8 @@ def _q8k_block4(w, o, qs, ai, K, bsums, bi, fmt, isa):
     """_q8k_block for 4 consecutive tokens, the weight block decoded once."""
     if fmt == FMT_TQ2_0:
         return dot_tq2_q8k_t4(_zeros4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
+    if fmt == FMT_I2S:
+        return dot_i2s_q8k_t4(_zeros4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
     return dot_tq1_q8k_t4(_zeros4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
 
 
@@ -163,7 +213,8 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
     """ggml profile on the SIMD path: tokens in groups of 4 share each decoded weight block, then one by one."""
     T = qs.shape[0]
     nb = K // QK
-    bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
+    bb = _q8k_block_bytes(fmt)
+    d_twin = _twin_d(w, M, K, fmt)
     for m in prange(M):
         row = m * nb * bb
         for t in range(0, T - T % 4, 4):
@@ -171,7 +222,7 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
             for b in range(nb):
                 o = row + bb * b
                 v = _q8k_block4(w, o, qs, t * K + QK * b, K, bsums, t * (K // 16) + 16 * b, fmt, isa)
-                dw = _f16_at(w, o + bb - 2)
+                dw = _block_d(w, o, bb, fmt, d_twin)
                 f0 = fma_lanes(f0, v[0], np.float32(dx[t, b] * dw))
                 f1 = fma_lanes(f1, v[1], np.float32(dx[t + 1, b] * dw))
                 f2 = fma_lanes(f2, v[2], np.float32(dx[t + 2, b] * dw))
@@ -185,7 +236,7 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
             for b in range(nb):
                 o = row + bb * b
                 v = _q8k_block(w, o, qs, t * K + QK * b, bsums, t * (K // 16) + 16 * b, fmt, isa)
-                acc = fma_lanes(acc, v, np.float32(dx[t, b] * _f16_at(w, o + bb - 2)))
+                acc = fma_lanes(acc, v, np.float32(dx[t, b] * _block_d(w, o, bb, fmt, d_twin)))
             out[t, m] = hsum8(acc)
 
 
@@ -339,8 +390,8 @@ def _dot4(u, x, i):
 
 @njit(cache=True)
 def _plane_lanes(planes, ap, lo, fmt, lanes):
-    """lanes[k] += Σ planes·ap over the elements e of the TQ block at plane byte lo with (e mod 32) in [4k, 4k+3]."""
-    if fmt == FMT_TQ2_0:  # byte j holds elements with e mod 32 = j mod 32
+    """lanes[k] += Σ planes·ap over the elements e of the 256-block at plane byte lo with (e mod 32) in [4k, 4k+3]."""
+    if fmt != FMT_TQ1_0:  # TQ2_0 qs byte j, I2_S byte j of two chunks: elements with e mod 32 = j mod 32
         for f in range(4):
             u = planes[f, lo : lo + 64]
             x = ap[f, lo : lo + 64]
@@ -361,9 +412,11 @@ def _plane_lanes(planes, ap, lo, fmt, lanes):
 @njit(cache=True, parallel=True)
 def _portable_q8k(w, M, K, qs, dx, bsums, out, fmt):
     """ggml profile on the portable path."""
-    F, bb, _ = _layout(fmt)
+    F, _, be = _layout(fmt)
     nb = K // QK
-    ap = _act_planes(qs, fmt, nb, _field_elements(fmt))
+    bb = _q8k_block_bytes(fmt)
+    d_twin = _twin_d(w, M, K, fmt)
+    ap = _act_planes(qs, fmt, K // be, _field_elements(fmt))
     for task in prange((M + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         planes = np.empty((F, nb * bb), np.uint8)
         lanes = np.empty(8, np.int32)
@@ -377,7 +430,7 @@ def _portable_q8k(w, M, K, qs, dx, bsums, out, fmt):
                     for k in range(8):
                         lanes[k] = -(np.int32(bsums[t, 16 * b + 2 * k]) + np.int32(bsums[t, 16 * b + 2 * k + 1]))
                     _plane_lanes(planes, ap[t], bb * b, fmt, lanes)
-                    db = np.float32(dx[t, b] * _f16_at(w, row + bb * b + bb - 2))
+                    db = np.float32(dx[t, b] * _block_d(w, row + bb * b, bb, fmt, d_twin))
                     for k in range(8):
                         facc[k] = fma_f32(np.float32(lanes[k]), db, facc[k])
                 out[t, m] = ((facc[4] + facc[0]) + (facc[6] + facc[2])) + ((facc[5] + facc[1]) + (facc[7] + facc[3]))
@@ -426,6 +479,15 @@ def matmul_tq1_0_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
         _portable_q8k(w, M, K, qs, d, bsums, out, FMT_TQ1_0)
     else:
         _simd_q8k(w, M, K, qs, d, bsums, out, FMT_TQ1_0, isa)
+
+
+@njit(cache=True)
+def matmul_i2s_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
+    """out[t, m] = ggml x86 vec_dot_tq2_0_q8_K of the TQ2_0 twin of I2_S row m with Q8_K row t (arrays as tq2_0)."""
+    if isa == ISA_PORTABLE:
+        _portable_q8k(w, M, K, qs, d, bsums, out, FMT_I2S)
+    else:
+        _simd_q8k(w, M, K, qs, d, bsums, out, FMT_I2S, isa)
 
 
 @njit(cache=True)
@@ -479,11 +541,12 @@ def _check_array(what: str, a: np.ndarray, dtype, shape: tuple[int, ...]) -> Non
         raise FormatError(f"{what}: expected a C-contiguous {np.dtype(dtype)} array of shape {shape}, got {got}")
 
 
-def check_weight(fmt: str, w: np.ndarray, M: int, K: int) -> None:
-    """Raise FormatError unless `w` holds an M x K `fmt` tensor the kernels can read (size, K a block multiple)."""
+def check_weight(fmt: str, w: np.ndarray, M: int, K: int, act: str = "i8") -> None:
+    """Raise FormatError unless `w` holds an M x K `fmt` tensor that matmul_<fmt>_<act> can read (size, K a multiple
+    of the weight block and, for Q8_K activations, of 256)."""
     if fmt not in FORMATS:
         raise FormatError(f"ternary kernel: unknown format {fmt!r}; expected one of {FORMATS}")
-    block = I2S_BLOCK if fmt == "i2_s" else QK
+    block = I2S_BLOCK if fmt == "i2_s" and act != "q8k" else QK
     if M < 1 or K < block or K % block or K > MAX_K:
         raise FormatError(f"{fmt}: K = {K}, M = {M}; K must be a positive multiple of {block}, at most {MAX_K}")
     need = weight_nbytes(fmt, M, K)
@@ -495,10 +558,10 @@ def check_weight(fmt: str, w: np.ndarray, M: int, K: int) -> None:
 
 def check_matmul(fmt: str, act: str, w: np.ndarray, M: int, K: int, *arrays: np.ndarray) -> None:
     """Raise FormatError unless (w, M, K, *activation arrays, out) fit matmul_<fmt>_<act> ('q8k' or 'i8')."""
-    check_weight(fmt, w, M, K)
+    check_weight(fmt, w, M, K, act)
     *acts, out = arrays
     T = acts[0].shape[0] if isinstance(acts[0], np.ndarray) and acts[0].ndim == 2 else -1
-    if act == "q8k" and fmt != "i2_s" and len(acts) == 3:
+    if act == "q8k" and len(acts) == 3:
         specs = (("qs", np.int8, (T, K)), ("d", np.float32, (T, K // QK)), ("bsums", np.int16, (T, K // 16)))
     elif act == "i8" and len(acts) == 3:
         specs = (("q", np.int8, (T, K)), ("s", np.float32, (T,)), ("act_sum", np.int32, (T,)))
