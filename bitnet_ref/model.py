@@ -48,7 +48,6 @@ N_UBATCH = 512  # tokens per forward chunk; llama.cpp's default n_ubatch (the ch
 EMBED_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.TQ1_0, GGMLType.TQ2_0)
 TERNARY_NAMES = {GGMLType.TQ1_0: "tq1_0", GGMLType.TQ2_0: "tq2_0", GGMLType.I2_S: "i2s"}
 ACT_SUFFIX = {"q8_k": "q8k", "i8_token": "i8"}
-SERIAL_PREPARE_ROWS = 8  # activation rows up to which quantization runs on one thread (a wake-up costs more)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -262,15 +261,7 @@ def _prepare(state: RunState, kind: str, x: np.ndarray) -> tuple[np.ndarray, ...
         return (x,)
     T, K = x.shape
     bufs = tuple(a[:T] for a in state.activation(kind, K))
-    if T <= SERIAL_PREPARE_ROWS:
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            _quantize(kind, x, bufs)
-        finally:
-            numba.set_num_threads(threads)
-    else:
-        _quantize(kind, x, bufs)
+    _quantize(kind, x, bufs)
     return bufs
 
 

@@ -306,7 +306,7 @@ def test_layouts_match_the_format_encoders():
         pytest.skip("no format encoders yet")
 
 
-@pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280)])
+@pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280), (13, 512)])  # serial up to 8 rows, then parallel
 def test_quantize_q8_k_matches_ggml_reference(T, K):
     """Q8_K codes, d and bsums equal quantize_row_q8_K_ref, incl. zero blocks, half-even ties, negative maxima."""
     x = activations(np.random.default_rng(T), T, K)
@@ -319,7 +319,7 @@ def test_quantize_q8_k_matches_ggml_reference(T, K):
         assert d[0, 1] == 0 and not qs[0, 256:512].any()
 
 
-@pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280)])
+@pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280), (13, 512)])  # serial up to 8 rows, then parallel
 def test_quantize_i8_rows_matches_bitnet_cpp(T, K):
     """Per-token absmax int8 equals quantize_row_i8_s, incl. a zero row (amax floor 1e-5) and exact ties."""
     x = activations(np.random.default_rng(10 + T), T, K)

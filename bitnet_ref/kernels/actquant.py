@@ -3,6 +3,7 @@
 Both are exact reproductions of the C reference (bit for bit on finite input; NaN input gives unspecified codes):
 - `quantize_q8_k`: ggml-quants.c `quantize_row_q8_K_ref` (ggml-base, scalar, no FMA), per 256-block.
 - `quantize_i8_rows`: bitnet.cpp `quantize_row_i8_s`, per token row.
+Rows are independent: parallel over rows beyond SERIAL_ROWS, serial below (same results either way).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from numba import njit, prange
 
 QK = 256  # elements per Q8_K block
 GROUP = 16  # elements per bsums entry
+SERIAL_ROWS = 8  # up to this many rows one thread quantizes them all: waking the thread pool costs more
 
 
 @njit(cache=True)
@@ -41,27 +43,65 @@ def _q8_k_block(x, qs, d, bsums, t, b):
     d[t, b] = np.float32(1.0) / iscale
 
 
+@njit(cache=True)
+def _q8_k_row(x, qs, d, bsums, t):
+    for b in range(x.shape[1] // QK):
+        _q8_k_block(x, qs, d, bsums, t, b)
+
+
+@njit(cache=True)
+def _i8_row(x, q, s, act_sum, t):
+    """bitnet.cpp quantize_row_i8_s of row t."""
+    amax = 1e-5
+    for k in range(x.shape[1]):
+        amax = max(amax, abs(np.float64(x[t, k])))
+    st = np.float32(127.0 / amax)
+    total = 0
+    for k in range(x.shape[1]):
+        c = min(127, max(-128, np.int32(np.rint(x[t, k] * st))))
+        q[t, k] = c
+        total += c
+    s[t] = st
+    act_sum[t] = total
+
+
+@njit(cache=True)
+def _q8_k_serial(x, qs, d, bsums):
+    for t in range(x.shape[0]):
+        _q8_k_row(x, qs, d, bsums, t)
+
+
 @njit(cache=True, parallel=True)
+def _q8_k_parallel(x, qs, d, bsums):
+    for t in prange(x.shape[0]):
+        _q8_k_row(x, qs, d, bsums, t)
+
+
+@njit(cache=True)
+def _i8_serial(x, q, s, act_sum):
+    for t in range(x.shape[0]):
+        _i8_row(x, q, s, act_sum, t)
+
+
+@njit(cache=True, parallel=True)
+def _i8_parallel(x, q, s, act_sum):
+    for t in prange(x.shape[0]):
+        _i8_row(x, q, s, act_sum, t)
+
+
+@njit(cache=True)
 def quantize_q8_k(x, qs, d, bsums):
     """Q8_K of x f32 (T, K): qs i8 (T, K), d f32 (T, K/256), bsums i16 (T, K/16); ggml quantize_row_q8_K_ref exactly."""
-    for t in prange(x.shape[0]):
-        for b in range(x.shape[1] // QK):
-            _q8_k_block(x, qs, d, bsums, t, b)
+    if x.shape[0] <= SERIAL_ROWS:
+        _q8_k_serial(x, qs, d, bsums)
+    else:
+        _q8_k_parallel(x, qs, d, bsums)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def quantize_i8_rows(x, q, s, act_sum):
     """Per-token absmax int8 of x f32 (T, K): s = f32(127/max(1e-5, max|x|)) (double), q = clamp(rint(f32(x·s))), Σq."""
-    T, K = x.shape
-    for t in prange(T):
-        amax = 1e-5
-        for k in range(K):
-            amax = max(amax, abs(np.float64(x[t, k])))
-        st = np.float32(127.0 / amax)
-        total = 0
-        for k in range(K):
-            c = min(127, max(-128, np.int32(np.rint(x[t, k] * st))))
-            q[t, k] = c
-            total += c
-        s[t] = st
-        act_sum[t] = total
+    if x.shape[0] <= SERIAL_ROWS:
+        _i8_serial(x, q, s, act_sum)
+    else:
+        _i8_parallel(x, q, s, act_sum)
