@@ -40,26 +40,45 @@ def load_thresholds(path: str | Path | None = None) -> dict:
         return tomllib.load(f)
 
 
-def nmse_bound(th: dict, profile: str, fmt: str, point: str) -> float:
-    """Per-point NMSE bound: format override, format default, profile point, profile default."""
-    prof = th["profiles"][profile]
-    fmt_table = prof.get("formats", {}).get(fmt.upper(), {})
-    for table, key in ((fmt_table, point), (fmt_table, "default"), (prof["nmse"], point), (prof["nmse"], "default")):
-        if key in table:
-            return float(table[key])
-    raise KeyError(f"thresholds: profiles.{profile}.nmse has no default")
+def _matches(when: dict, case: C.Case, what: str) -> bool:
+    """Whether every `when` field (a Case field) equals the case's; an unknown field is an error naming `what`."""
+    for k, v in when.items():
+        if not hasattr(case, k):
+            raise KeyError(f"thresholds: {what} matches on {k!r}, which is not a case field")
+        if getattr(case, k) != v:
+            return False
+    return True
 
 
-def setting(th: dict, profile: str, fmt: str, key: str) -> object:
-    """A profile-level setting (logits_r, logits_r_position, greedy), the format's override first."""
-    prof = th["profiles"][profile]
-    return prof.get("formats", {}).get(fmt.upper(), {}).get(key, prof[key])
+def _overrides(th: dict, case: C.Case) -> list[dict]:
+    """The case's profile's override tables whose `when` matches the case, in file order."""
+    ovs = th["profiles"][case.profile].get("overrides", [])
+    return [o for o in ovs if _matches(o["when"], case, f"profiles.{case.profile}.overrides")]
+
+
+def nmse_bound(th: dict, case: C.Case, point: str) -> float:
+    """Per-point NMSE bound: each matching override's nmse (point, then default), then the profile's."""
+    tables = [o.get("nmse", {}) for o in _overrides(th, case)] + [th["profiles"][case.profile]["nmse"]]
+    for table in tables:
+        for key in (point, "default"):
+            if key in table:
+                return float(table[key])
+    raise KeyError(f"thresholds: profiles.{case.profile}.nmse has no default")
+
+
+def setting(th: dict, case: C.Case, key: str) -> object:
+    """A profile-level setting (logits_r, logits_r_position, greedy): the first matching override's, else the
+    profile's."""
+    for o in _overrides(th, case):
+        if key in o:
+            return o[key]
+    return th["profiles"][case.profile][key]
 
 
 def expected_for(th: dict, case: C.Case) -> dict | None:
     """The expected divergence a case matches, if any."""
     for exp in th.get("expected", []):
-        if all(getattr(case, k) == v for k, v in exp["when"].items()):
+        if _matches(exp["when"], case, f"expected {exp['id']}"):
             return exp
     return None
 
@@ -125,7 +144,7 @@ def compare_layers(res: CaseResult, a: dict, b: dict, wanted: list, th: dict) ->
             res.points.append({**base, "status": f"shape {x.shape} vs {y.shape}"})
             res.failures.append(("layers", f"shape mismatch at {where(point, layer)}: {x.shape} vs {y.shape}"))
             continue
-        bound = nmse_bound(th, case.profile, case.fmt, point)
+        bound = nmse_bound(th, case, point)
         m, rows = M.compare(x, y)
         ok = bool(m["nmse"] <= bound)
         res.points.append({**base, "status": "ok" if ok else "over", **m, "bound": bound})
@@ -157,8 +176,8 @@ def compare_logits(res: CaseResult, la: np.ndarray, lb: np.ndarray, th: dict, pi
     lm = M.logit_metrics(la, lb)
     res.logits = [{"case": case.id, "position": t, **{k: float(v[t]) for k, v in (rows | lm).items()}}
                   for t in range(la.shape[0])]
-    bound = float(setting(th, case.profile, case.fmt, "logits_r"))
-    pos_bound = float(setting(th, case.profile, case.fmt, "logits_r_position"))
+    bound = float(setting(th, case, "logits_r"))
+    pos_bound = float(setting(th, case, "logits_r_position"))
     worst = int(np.argmin(rows["pearson"]))
     res.summary.update({"logits_r": whole["pearson"], "logits_r_min": float(rows["pearson"][worst]),
                         "logits_r_min_position": worst, "logits_nmse": whole["nmse"], "kl_max": float(lm["kl"].max()),
@@ -178,7 +197,7 @@ def compare_greedy(res: CaseResult, ga: list[int], gb: list[int], th: dict) -> N
     j = next((k for k, (x, y) in enumerate(zip(ga, gb, strict=True)) if x != y), None)
     res.summary.update({"greedy_match": j is None, "greedy_first_diff": j,
                         "greedy_engine": " ".join(map(str, ga)), "greedy_ref": " ".join(map(str, gb))})
-    if j is not None and setting(th, res.case.profile, res.case.fmt, "greedy") == "exact":
+    if j is not None and setting(th, res.case, "greedy") == "exact":
         res.failures.append(("greedy", f"greedy: step {j} bitnet_ref {ga[j]} vs llama.cpp {gb[j]}"))
 
 

@@ -26,12 +26,24 @@ def _result(case, th, engine, ref, n_layer=1):
 
 
 def test_bounds_lookup_order():
-    th = {"profiles": {"p": {"nmse": {"default": 1.0, "Qcur": 2.0},
-                             "formats": {"BF16": {"default": 3.0, "Kcur": 4.0}}}}}
-    assert R.nmse_bound(th, "p", "tq2_0", "Kcur") == 1.0
-    assert R.nmse_bound(th, "p", "tq2_0", "Qcur") == 2.0
-    assert R.nmse_bound(th, "p", "bf16", "Qcur") == 3.0
-    assert R.nmse_bound(th, "p", "bf16", "Kcur") == 4.0
+    """Matching overrides first (in file order; nmse point, then default), then the profile's point and default."""
+    th = {"profiles": {"p": {"nmse": {"default": 1.0, "Qcur": 2.0}, "logits_r": 0.9, "greedy": "exact",
+                             "overrides": [{"when": {"fmt": "bf16"}, "nmse": {"default": 3.0, "Kcur": 4.0}},
+                                           {"when": {"preset": "small"}, "nmse": {"Kcur": 5.0}, "logits_r": 0.5},
+                                           {"when": {"preset": "small", "fmt": "bf16"}, "logits_r": 0.1}]}}}
+    tq2, bf16 = C.Case("tiny", "tq2_0", "hello", "p", 2), C.Case("tiny", "bf16", "hello", "p", 2)
+    small, small_bf16 = C.Case("small", "tq2_0", "hello", "p", 2), C.Case("small", "bf16", "hello", "p", 2)
+    assert R.nmse_bound(th, tq2, "Kcur") == 1.0
+    assert R.nmse_bound(th, tq2, "Qcur") == 2.0
+    assert R.nmse_bound(th, bf16, "Qcur") == 3.0
+    assert R.nmse_bound(th, bf16, "Kcur") == 4.0
+    assert R.nmse_bound(th, small, "Kcur") == 5.0 and R.nmse_bound(th, small, "Qcur") == 2.0
+    assert R.setting(th, tq2, "logits_r") == 0.9 and R.setting(th, small, "logits_r") == 0.5
+    assert R.setting(th, small_bf16, "logits_r") == 0.5  # the first match that has the key
+    assert R.setting(th, small, "greedy") == "exact"
+    th["profiles"]["p"]["overrides"].append({"when": {"prest": "x"}, "logits_r": 0.0})
+    with pytest.raises(KeyError, match="'prest', which is not a case field"):
+        R.setting(th, tq2, "greedy")
 
 
 def test_first_divergence_names_layer_and_point(th):
