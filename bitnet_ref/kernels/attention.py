@@ -87,7 +87,6 @@ def _attend_head(
     g = h // (n_head // n_head_kv)
     n = start_pos + t + 1
     qh = np.empty(head_dim, np.float32)
-    krow = np.empty(head_dim, np.float32)
     w = np.zeros(n_pad, np.float32)
     vrow = np.zeros(n_pad, np.float32)
     acc = np.empty(64, np.float32)
@@ -95,13 +94,11 @@ def _attend_head(
     for d in range(head_dim):
         x = q[t, h * head_dim + d]
         qh[d] = round_f16(x) if round_q else x
-    for j in range(n):  # s_j = K_j · q, scaled
-        for d in range(head_dim):
-            krow[d] = load(k_cache[j], g * head_dim + d)
+    for j in range(n):  # s_j = K_j · q, scaled (the cache row is read in place: f16 bits decode exactly on load)
         if tiled_kq:
-            s = tiled_dot(krow, 0, qh, 0, head_dim, lanes, acc)
+            s = tiled_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, acc)
         else:
-            s = vec_dot(krow, 0, qh, 0, head_dim, lanes, VEC_F16, acc)
+            s = vec_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, VEC_F16, acc)
         w[j] = s * scale
     _softmax(w, n, lanes, ggml_exp, double_sum, chunk)
     if round_p:
