@@ -31,12 +31,11 @@ Two paths, chosen by `isa` (simd.ISA_*; `kernel_isa()` names the default):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.errors import FormatError
+from bitnet_ref.kernels.scalar import round_f16_arith
 from bitnet_ref.kernels.simd import (
     ISA_NAMES,
     ISA_PORTABLE,
@@ -104,21 +103,7 @@ def _q8k_block_bytes(fmt):
         return TQ2_0_BYTES
     if fmt == FMT_TQ1_0:
         return TQ1_0_BYTES
-    return 2 * 32
-
-
-@njit(cache=True)
-def round_f16_arith(x):
-    """f32 x rounded to the nearest f16 (even on ties; ±inf past 65504), as f32, in plain arithmetic (no F16C needed):
-    rint(x / ulp)·ulp in f64, ulp = 2^(e−11) for x = m·2^e (0.5 ≤ m < 1), at least 2^−24 (subnormals). All exact."""
-    if not math.isfinite(x):
-        return x
-    _, e = math.frexp(np.float64(x))
-    ulp = math.ldexp(1.0, max(e - 11, -24))
-    r = np.rint(np.float64(x) / ulp) * ulp
-    if abs(r) > 65504.0:
-        return np.float32(math.copysign(math.inf, x))
-    return np.float32(r)
+    return QK // 4
 
 
 @njit(cache=True)
