@@ -62,28 +62,10 @@ def _softmax(w, n, lanes, ggml_exp, double_sum, chunk):
 
 
 @njit(cache=True)
-def _attend_head(
-    q,
-    k_cache,
-    v_cache,
-    t,
-    h,
-    start_pos,
-    n_head,
-    n_head_kv,
-    head_dim,
-    scale,
-    tiled_kq,
-    tiled_kqv,
-    lanes,
-    round_q,
-    round_p,
-    ggml_exp,
-    double_sum,
-    n_pad,
-    out,
-):
-    """out[t, head h] for query t at position start_pos + t (one work item of attend)."""
+def _attend_head(q, k_cache, v_cache, t, h, opts, out):
+    """out[t, head h] for query t at position start_pos + t (one work item of attend; opts as attend builds it)."""
+    (start_pos, n_head, n_head_kv, head_dim, scale, tiled_kq, tiled_kqv, lanes, round_q, round_p, ggml_exp, double_sum,
+     n_pad) = opts
     g = h // (n_head // n_head_kv)
     n = start_pos + t + 1
     qh = np.empty(head_dim, np.float32)
@@ -116,49 +98,11 @@ def _attend_head(
 
 
 @njit(cache=True, parallel=True)
-def _attend_parallel(
-    q,
-    k_cache,
-    v_cache,
-    start_pos,
-    n_head,
-    n_head_kv,
-    head_dim,
-    scale,
-    tiled_kq,
-    tiled_kqv,
-    lanes,
-    round_q,
-    round_p,
-    ggml_exp,
-    double_sum,
-    n_pad,
-    out,
-):
+def _attend_parallel(q, k_cache, v_cache, opts, out):
     """attend with one work item per (query, head) spread over the thread pool."""
-    T = q.shape[0]
-    for th in prange(T * n_head):
-        _attend_head(
-            q,
-            k_cache,
-            v_cache,
-            th // n_head,
-            th % n_head,
-            start_pos,
-            n_head,
-            n_head_kv,
-            head_dim,
-            scale,
-            tiled_kq,
-            tiled_kqv,
-            lanes,
-            round_q,
-            round_p,
-            ggml_exp,
-            double_sum,
-            n_pad,
-            out,
-        )
+    n_head = opts[1]
+    for th in prange(q.shape[0] * n_head):
+        _attend_head(q, k_cache, v_cache, th // n_head, th % n_head, opts, out)
 
 
 @njit(cache=True)
@@ -187,46 +131,10 @@ def attend(
     T = q.shape[0]
     width = 4 * lanes
     n_pad = ((start_pos + T + width - 1) // width) * width
+    opts = (start_pos, n_head, n_head_kv, head_dim, scale, tiled_kq, tiled_kqv, lanes, round_q, round_p, ggml_exp,
+            double_sum, n_pad)
     if T * (start_pos + T) * n_head * head_dim >= PARALLEL_WORK:
-        _attend_parallel(
-            q,
-            k_cache,
-            v_cache,
-            start_pos,
-            n_head,
-            n_head_kv,
-            head_dim,
-            scale,
-            tiled_kq,
-            tiled_kqv,
-            lanes,
-            round_q,
-            round_p,
-            ggml_exp,
-            double_sum,
-            n_pad,
-            out,
-        )
+        _attend_parallel(q, k_cache, v_cache, opts, out)
         return
     for th in range(T * n_head):
-        _attend_head(
-            q,
-            k_cache,
-            v_cache,
-            th // n_head,
-            th % n_head,
-            start_pos,
-            n_head,
-            n_head_kv,
-            head_dim,
-            scale,
-            tiled_kq,
-            tiled_kqv,
-            lanes,
-            round_q,
-            round_p,
-            ggml_exp,
-            double_sum,
-            n_pad,
-            out,
-        )
+        _attend_head(q, k_cache, v_cache, th // n_head, th % n_head, opts, out)
