@@ -445,54 +445,54 @@ def _portable_i8(w, M, K, q, s, act_sum, qsum, out, fmt):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# public kernels
+# public kernels: one per (format, activation kind), each choosing the portable or the SIMD path by `isa`
+
+
+@njit(cache=True)
+def _q8k(w, M, K, qs, d, bsums, out, fmt, isa):
+    if isa == ISA_PORTABLE:
+        _portable_q8k(w, M, K, qs, d, bsums, out, fmt)
+    else:
+        _simd_q8k(w, M, K, qs, d, bsums, out, fmt, isa)
+
+
+@njit(cache=True)
+def _tq_i8(w, M, K, q, s, act_sum, out, fmt, isa):
+    qsum = _block_sums(q, K // QK)
+    if isa == ISA_PORTABLE:
+        _portable_i8(w, M, K, q, s, act_sum, qsum, out, fmt)
+    else:
+        _simd_tq_i8(w, M, K, q, s, qsum, out, fmt, isa)
 
 
 @njit(cache=True)
 def matmul_tq2_0_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
     """out[t, m] = ggml x86 vec_dot_tq2_0_q8_K(TQ2_0 row m, Q8_K row t); qs i8 (T,K), d f32 (T,K/256), bsums i16."""
-    if isa == ISA_PORTABLE:
-        _portable_q8k(w, M, K, qs, d, bsums, out, FMT_TQ2_0)
-    else:
-        _simd_q8k(w, M, K, qs, d, bsums, out, FMT_TQ2_0, isa)
+    _q8k(w, M, K, qs, d, bsums, out, FMT_TQ2_0, isa)
 
 
 @njit(cache=True)
 def matmul_tq1_0_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
     """out[t, m] = ggml x86 vec_dot_tq1_0_q8_K of TQ1_0 row m with Q8_K row t (arrays as matmul_tq2_0_q8k)."""
-    if isa == ISA_PORTABLE:
-        _portable_q8k(w, M, K, qs, d, bsums, out, FMT_TQ1_0)
-    else:
-        _simd_q8k(w, M, K, qs, d, bsums, out, FMT_TQ1_0, isa)
+    _q8k(w, M, K, qs, d, bsums, out, FMT_TQ1_0, isa)
 
 
 @njit(cache=True)
 def matmul_i2s_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
     """out[t, m] = ggml x86 vec_dot_tq2_0_q8_K of the TQ2_0 twin of I2_S row m with Q8_K row t (arrays as tq2_0)."""
-    if isa == ISA_PORTABLE:
-        _portable_q8k(w, M, K, qs, d, bsums, out, FMT_I2S)
-    else:
-        _simd_q8k(w, M, K, qs, d, bsums, out, FMT_I2S, isa)
+    _q8k(w, M, K, qs, d, bsums, out, FMT_I2S, isa)
 
 
 @njit(cache=True)
 def matmul_tq2_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
     """out[t, m] = Σ_b f32(d_b)·D_b / s[t] (f32, block order), TQ2_0 row m, int8 row t: q i8 (T,K), s f32 (T,)."""
-    qsum = _block_sums(q, K // QK)
-    if isa == ISA_PORTABLE:
-        _portable_i8(w, M, K, q, s, act_sum, qsum, out, FMT_TQ2_0)
-    else:
-        _simd_tq_i8(w, M, K, q, s, qsum, out, FMT_TQ2_0, isa)
+    _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ2_0, isa)
 
 
 @njit(cache=True)
 def matmul_tq1_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
     """out[t, m] = Σ_b f32(d_b)·D_b / s[t] (f32, block order) for TQ1_0 row m and int8 row t (arrays as tq2_0)."""
-    qsum = _block_sums(q, K // QK)
-    if isa == ISA_PORTABLE:
-        _portable_i8(w, M, K, q, s, act_sum, qsum, out, FMT_TQ1_0)
-    else:
-        _simd_tq_i8(w, M, K, q, s, qsum, out, FMT_TQ1_0, isa)
+    _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ1_0, isa)
 
 
 @njit(cache=True)
