@@ -2,6 +2,8 @@
 
 To add a subcommand, write `add_arguments(parser)` and `run(args, console) -> int` (exit status) in its own module and
 add one `Command` line to COMMANDS. Library errors (BitnetRefError) end any command with a one-line message and 1.
+A forwarding command (crossval, bench, report) hands every argument after its name, --help included, to its module's
+own parser unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -52,17 +55,29 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Console], int]
+    forward: bool = False  # run gets everything after the name, unparsed, as args.args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with argv (sys.argv[1:] when None) and return the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     console = Console(highlight=False)
     try:
         return args.command.run(args, console)
     except BitnetRefError as e:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
+        # escaped: paths and values in messages may hold brackets that rich would take for markup
+        Console(stderr=True, highlight=False).print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, markup=True)
         return 1
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv; a forwarding command's arguments are left to its module's parser, so none is parsed here."""
+    argv = list(argv)
+    cmd = next((c for c in COMMANDS if c.forward and argv[:1] == [c.name]), None)
+    if cmd is not None:
+        # argparse would take --help and reject options it does not know (e.g. --quick) before the module saw them
+        return argparse.Namespace(command=cmd, args=argv[1:])
+    return build_parser().parse_args(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,15 +333,17 @@ def run_generate(args: argparse.Namespace, console: Console) -> int:
 # stays usable without them)
 
 
-def _add_forward_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed on (see --help of the subcommand)")
+def _forwarding(name: str, help: str, module: str) -> Command:
+    """A command that passes its arguments unchanged to `module.main(argv)`."""
 
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        # only for `bitnet-ref --help`: parse_args never lets this parser see a forwarding command's arguments
+        p.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {module} (see `bitnet-ref {name} --help`)")
 
-def _forward(module: str) -> Callable[[argparse.Namespace, Console], int]:
     def run(args: argparse.Namespace, console: Console) -> int:
         return importlib.import_module(module).main(args.args)
 
-    return run
+    return Command(name, help, add_arguments, run, forward=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -347,9 +364,9 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("verify", "validate a GGUF model completely, decoding every tensor", add_verify_arguments, run_verify),
     Command("generate", "generate text with the bitnet_ref engine", add_generate_arguments, run_generate),
-    Command("crossval", "compare bitnet_ref with llama.cpp", _add_forward_arguments, _forward("crossval.run")),
-    Command("bench", "time bitnet_ref and llama.cpp side by side", _add_forward_arguments, _forward("bench.run")),
-    Command("report", "rebuild HTML reports from records", _add_forward_arguments, _forward("reports.__main__")),
+    _forwarding("crossval", "compare bitnet_ref with llama.cpp", "crossval.run"),
+    _forwarding("bench", "time bitnet_ref and llama.cpp side by side", "bench.run"),
+    _forwarding("report", "rebuild HTML reports from records", "reports.__main__"),
 )
 
 

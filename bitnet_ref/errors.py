@@ -7,6 +7,17 @@ class BitnetRefError(Exception):
     """Base of every error bitnet_ref raises on purpose."""
 
 
+class FileAccessError(BitnetRefError, OSError):
+    """A path cannot be opened as a file: it is missing, a directory or other non-regular file, or access is denied."""
+
+    def __init__(self, path: object, action: str, reason: str | OSError) -> None:
+        self.path = str(path)
+        self.action = action
+        self.reason = (reason.strerror or str(reason)) if isinstance(reason, OSError) else reason
+        super().__init__(f"{self.path}: cannot {action}: {self.reason}")
+        self.errno = reason.errno if isinstance(reason, OSError) else None  # kept for callers that test errno
+
+
 class GGUFError(BitnetRefError, ValueError):
     """A GGUF file is malformed or unsupported."""
 

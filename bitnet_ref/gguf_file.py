@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from bitnet_ref.errors import (
     BadMagicError,
     CountError,
     DuplicateError,
+    FileAccessError,
     GGUFError,
     ScaleError,
     TensorBoundsError,
@@ -563,16 +565,75 @@ def _mxfp4_nbytes(shape: tuple[int, ...]) -> int | None:
 def read_gguf(path: str | os.PathLike) -> GGUFFile:
     """Open and fully validate a GGUF file's header; tensor data is mapped, never read."""
     path = Path(path)
-    size = path.stat().st_size
+    size = check_readable(path)
     if size < len(GGUF_MAGIC):
         raise BadMagicError(path, "magic", f"a {size}-byte file", f"{GGUF_MAGIC!r} (not a GGUF file)")
-    data = np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+    except OSError as e:
+        raise FileAccessError(path, "read", e) from None
     header = _HeaderParser(memoryview(data), path).parse()
     layout = _Layout(header, path, size)
     tensors = layout.tensors()
     return GGUFFile(
         path, data, header.version, layout.alignment, layout.data_start, header.metadata, header.value_types, tensors
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Opening files: a missing path, a directory or a FIFO is a FileAccessError naming the file, never a bare OSError
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    return next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "not a regular file")
+
+
+def check_readable(path: Path) -> int:
+    """Size of path, which must be an existing regular file (a FIFO would block a reader forever)."""
+    try:
+        st = path.stat()
+    except NotADirectoryError as e:
+        blocker = next((p for p in reversed(path.parents) if p.is_file()), None)  # the file used as a folder
+        raise FileAccessError(path, "read", e if blocker is None else f"{blocker} is a file, not a directory") from None
+    except OSError as e:
+        raise FileAccessError(path, "read", e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FileAccessError(path, "read", f"it is {_kind(st.st_mode)}, not a regular file")
+    return st.st_size
+
+
+def check_writable(path: Path) -> None:
+    """FileAccessError unless path's folder exists and path is absent or a regular file (checked before writing)."""
+    folder = path.parent
+    if not folder.is_dir():
+        reason = "is not a directory" if folder.exists() else "does not exist"
+        raise FileAccessError(path, "write", f"its folder {folder} {reason}")
+    if path.exists() and not path.is_file():
+        raise FileAccessError(path, "write", f"it is {_kind(path.stat().st_mode)}, not a regular file")
+
+
+def open_file(path: str | os.PathLike, mode: str) -> BinaryIO:
+    """open(path, mode) for "rb" or "wb", with every failure a FileAccessError naming the path."""
+    path = Path(path)
+    action = "read" if mode.startswith("r") else "write"
+    if action == "read":
+        check_readable(path)
+    else:
+        check_writable(path)
+    try:
+        return open(path, mode)
+    except OSError as e:
+        raise FileAccessError(path, action, e) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -786,7 +847,7 @@ class GGUFWriter:
         self._next_offset = 0
         self._written = 0
         self._header_done = False
-        self._file: BinaryIO | None = open(self.path, "wb")
+        self._file: BinaryIO | None = open_file(self.path, "wb")
 
     def add_kv(self, key: str, value: object, types: ValueType | Sequence[ValueType] | None = None) -> None:
         """Add one metadata pair; types such as (ValueType.ARRAY, ValueType.UINT32) are inferred when None."""

@@ -48,9 +48,9 @@ from bitnet_ref.constants import (
     GGMLType,
     ValueType,
 )
-from bitnet_ref.errors import ConfigError
+from bitnet_ref.errors import ConfigError, FileAccessError
 from bitnet_ref.formats import i2_s, tq2_0
-from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+from bitnet_ref.gguf_file import GGUFWriter, check_writable, open_file, read_gguf
 from bitnet_ref.vocab import build_vocabulary
 
 SYNTH_VERSION = 1  # bump whenever the bytes for the same arguments change; part of every cache key
@@ -241,7 +241,11 @@ def tq2_0_twin(i2s_path: str | os.PathLike, progress: Progress | None = None) ->
 @contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
     """A unique temporary path beside path, renamed to path when the block succeeds and removed in any case."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_writable(path)  # before drawing a whole model that could not be put in place
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise FileAccessError(path, "write", e) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -344,7 +348,7 @@ def _vocab_file_kv(vocab: str | os.PathLike) -> dict[str, tuple[object, tuple[Va
 
 def _file_digest(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_file(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -13,7 +13,7 @@ import numpy as np
 from bitnet_ref import formats
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import KEY_ARCHITECTURE, GGMLType
-from bitnet_ref.errors import BitnetRefError
+from bitnet_ref.errors import BitnetRefError, FileAccessError
 from bitnet_ref.formats import i2_s
 from bitnet_ref.gguf_file import GGUFFile, TensorInfo, check_scales, read_gguf
 
@@ -75,6 +75,8 @@ def verify(path: Path) -> Verdict:
             stage = "tensors"
             for info in g.tensors.values():
                 v.elements += _verify_tensor(g, info, v)
+    except FileAccessError:
+        raise  # no file to judge: the path is wrong, which is the caller's error and not a verdict on a model
     except (BitnetRefError, VerifyProblem) as e:
         v.ok, v.stage, v.problem = False, stage, str(e)
     v.seconds = time.perf_counter() - start

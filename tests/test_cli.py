@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from bitnet_ref import cli, synth, verify
+from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.formats import tq2_0
 from bitnet_ref.gguf_file import read_gguf
 
 LINEAR = "blk.1.attn_v.weight"
-VOCAB_GGUF = Path(__file__).resolve().parents[2] / "shared" / "vocab" / "ggml-vocab-llama-bpe.gguf"
+VOCAB_GGUF = Path(__file__).resolve().parent / "fixtures" / "vocab" / "ggml-vocab-llama-bpe.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +190,160 @@ def test_verify_chunks_big_tensors_in_rows(monkeypatch, capsys, models):
 def test_inspect_a_file_without_a_model_config(capsys):
     rc, out, _ = run(capsys, "inspect", VOCAB_GGUF)
     assert rc == 0 and "no model config" in out and "n_merges 280147" in out and "0 weights" in out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# crossval, bench, report: every argument after the name reaches the module's main unchanged
+
+FORWARDS = {"crossval": "crossval.run", "bench": "bench.run", "report": "reports.__main__"}
+
+
+@pytest.fixture
+def forwarded(monkeypatch):
+    """(module, argv) of each call that reaches a forwarded main; the harness packages themselves are not imported."""
+    calls = []
+    real = importlib.import_module
+
+    def fake(name, package=None):
+        if name not in FORWARDS.values():
+            return real(name, package)
+        return SimpleNamespace(main=lambda argv: calls.append((name, argv)) or 0)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["crossval", "--quick"],
+        ["bench", "--quick", "--reps", "1"],
+        ["report", "out"],
+        ["report"],
+        ["crossval", "--help"],
+        ["bench", "-h"],
+        ["crossval", "--version"],
+        ["crossval", "--filter", "tiny-tq2_0", "--out=/tmp/x y", "--", "--quick"],
+        ["bench", "crossval", "--baseline", "report"],
+    ],
+    ids=" ".join,
+)
+def test_forwarding_commands_pass_every_argument_unchanged(forwarded, argv):
+    assert cli.main(argv) == 0
+    assert forwarded == [(FORWARDS[argv[0]], argv[1:])]
+
+
+def test_a_forwarded_exit_status_and_library_error_come_back(monkeypatch, capsys):
+    def fail(argv):
+        raise BitnetRefError(f"planted failure for {argv}")
+
+    module = SimpleNamespace(main=lambda argv: 2)
+    monkeypatch.setattr(importlib, "import_module", lambda name, package=None: module)
+    assert cli.main(["bench", "--quick"]) == 2
+    module.main = fail
+    rc, out, err = run(capsys, "crossval", "--quick")
+    assert rc == 1 and out == "" and err == "error: planted failure for ['--quick']\n"
+
+
+def test_crossval_help_is_crossvals_own(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["crossval", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "python -m crossval" in out and "--quick" in out and "--filter" in out
+
+
+def test_top_level_help_lists_the_forwarding_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(name in out for name in FORWARDS)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Paths that are missing, directories or not regular files: one line naming the path, exit 1, no traceback
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)  # stat says FIFO, so nothing opens it (opening one to read would block until a writer comes)
+    return path
+
+
+def _under_a_file(d: Path) -> Path:
+    (d / "plain").write_bytes(b"")
+    return d / "plain" / "x.gguf"
+
+
+BAD_PATHS = {
+    "missing": lambda d: d / "no-such.gguf",
+    "directory": lambda d: d,
+    "fifo": lambda d: _fifo(d / "pipe.gguf"),
+    "under-a-file": _under_a_file,
+}
+READING = {
+    "verify": ["verify", "{}"],
+    "verify-json": ["verify", "{}", "--json"],
+    "inspect": ["inspect", "{}"],
+    "generate": ["generate", "-m", "{}", "-p", "hi"],
+    "synth-vocab": ["synth", "-q", "--vocab", "{}"],
+}
+WRITING = {
+    "missing": lambda d: d / "no-such-dir" / "x.gguf",
+    "directory": lambda d: d,
+    "fifo": lambda d: _fifo(d / "pipe.gguf"),
+    "under-a-file": _under_a_file,
+}
+
+
+def assert_one_line_error(capsys, argv, path):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 1 and out == "", (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind", BAD_PATHS)
+@pytest.mark.parametrize("command", READING)
+def test_a_bad_input_path_is_a_one_line_error(tmp_path, monkeypatch, capsys, command, kind):
+    monkeypatch.setenv(synth.CACHE_ENV, str(tmp_path / "cache"))
+    path = BAD_PATHS[kind](tmp_path)
+    assert_one_line_error(capsys, [a.format(path) for a in READING[command]], path)
+
+
+@pytest.mark.parametrize("kind", WRITING)
+def test_a_bad_output_path_is_a_one_line_error(tmp_path, capsys, kind):
+    path = WRITING[kind](tmp_path)
+    assert_one_line_error(capsys, ["synth", "-q", "-o", path], path)
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def _permission_bits_hold(d: Path) -> bool:
+    """False for a process that reads a mode-000 file anyway (root, or CAP_DAC_OVERRIDE), as the test sessions do."""
+    probe = d / "probe"
+    probe.write_bytes(b"")
+    probe.chmod(0)
+    try:
+        probe.open("rb").close()
+    except PermissionError:
+        return True
+    return False
+
+
+def test_unreadable_file_and_unwritable_folder_are_one_line_errors(tmp_path, capsys, models):
+    if not _permission_bits_hold(tmp_path):
+        pytest.skip("this process reads and writes whatever the permission bits say (root)")
+    locked = tmp_path / "locked.gguf"
+    shutil.copyfile(models["f16"], locked)
+    locked.chmod(0)
+    for argv in (["verify", locked], ["inspect", locked], ["generate", "-m", locked, "-p", "hi"]):
+        assert_one_line_error(capsys, argv, locked)
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    assert_one_line_error(capsys, ["synth", "-q", "-o", folder / "x.gguf"], folder / "x.gguf")
+
+
+def test_bitnet_ref_process_answers_a_missing_file_without_a_traceback(tmp_path):
+    path = tmp_path / "no-such.gguf"
+    p = subprocess.run(
+        [sys.executable, "-m", "bitnet_ref.cli", "verify", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 1 and p.stdout == "" and "Traceback" not in p.stderr
+    assert p.stderr == f"error: {path}: cannot read: No such file or directory\n"

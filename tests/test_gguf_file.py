@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import gguf
@@ -20,7 +21,9 @@ from bitnet_ref.constants import (
 )
 from bitnet_ref.errors import (
     AlignmentError,
+    BitnetRefError,
     DuplicateError,
+    FileAccessError,
     GGUFError,
     ScaleError,
     TensorBoundsError,
@@ -31,7 +34,7 @@ from bitnet_ref.errors import (
 from bitnet_ref.formats import get as get_format
 from bitnet_ref.gguf_file import GGUFFile, GGUFWriter, TensorInfo, check_scales, read_gguf
 
-VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "vocab"
+VOCAB_DIR = Path(__file__).resolve().parent / "fixtures" / "vocab"
 V = ValueType
 
 # One value per type path, each exactly representable so that a round trip compares with ==.
@@ -508,7 +511,45 @@ def test_gguf_py_reads_what_we_write_identically(tmp_path: Path) -> None:
 )
 def test_vocab_files_match_gguf_py(name: str) -> None:
     path = VOCAB_DIR / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
     with read_gguf(path) as g:
         assert_metadata_matches_gguf_py(g, gguf.GGUFReader(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Opening: a path that is not a readable (or writable) regular file is a FileAccessError naming it and why
+
+
+def _bad_paths(tmp_path: Path) -> dict[Path, str]:
+    """Bad input paths and the reason each error gives."""
+    os.mkfifo(tmp_path / "pipe.gguf")
+    (tmp_path / "plain").write_bytes(b"")
+    return {
+        tmp_path / "missing.gguf": "No such file or directory",
+        tmp_path: "it is a directory, not a regular file",
+        tmp_path / "pipe.gguf": "it is a FIFO, not a regular file",
+        tmp_path / "plain" / "x.gguf": f"{tmp_path / 'plain'} is a file, not a directory",
+    }
+
+
+def test_read_gguf_names_a_path_it_cannot_read(tmp_path: Path) -> None:
+    for path, reason in _bad_paths(tmp_path).items():
+        with pytest.raises(FileAccessError) as e:
+            read_gguf(path)
+        assert isinstance(e.value, BitnetRefError) and isinstance(e.value, OSError)
+        assert (e.value.path, e.value.action, e.value.reason) == (str(path), "read", reason)
+        assert str(e.value) == f"{path}: cannot read: {reason}"
+
+
+def test_writer_names_a_path_it_cannot_create(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.gguf")
+    (tmp_path / "plain").write_bytes(b"")
+    cases = {
+        tmp_path / "no-dir" / "x.gguf": f"its folder {tmp_path / 'no-dir'} does not exist",
+        tmp_path / "plain" / "x.gguf": f"its folder {tmp_path / 'plain'} is not a directory",
+        tmp_path: "it is a directory, not a regular file",
+        tmp_path / "pipe.gguf": "it is a FIFO, not a regular file",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(FileAccessError) as e:
+            GGUFWriter(path)
+        assert str(e.value) == f"{path}: cannot write: {reason}"

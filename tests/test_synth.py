@@ -11,11 +11,11 @@ import pytest
 from bitnet_ref import formats, synth
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import GGMLType, TokenType, ValueType
-from bitnet_ref.errors import ConfigError
+from bitnet_ref.errors import ConfigError, FileAccessError
 from bitnet_ref.gguf_file import check_scales, read_gguf
 from bitnet_ref.vocab import TRAINING_TEXT, build_vocabulary, byte_to_unicode, encode_bytes
 
-VOCAB_GGUF = Path(__file__).resolve().parents[2] / "shared" / "vocab" / "ggml-vocab-llama-bpe.gguf"
+VOCAB_GGUF = Path(__file__).resolve().parent / "fixtures" / "vocab" / "ggml-vocab-llama-bpe.gguf"
 EXACT_FORMATS = ("f32", "f16", "bf16", "tq1_0", "tq2_0", "i2_s")  # hold exactly T * scale
 LINEAR = "blk.1.ffn_down.weight"
 
@@ -190,6 +190,18 @@ def test_vocab_file_is_copied_exactly(tmp_path):
         assert g.tensors["token_embd.weight"].shape == (64, 128256)
     with pytest.raises(ConfigError, match="n_vocab = 512 but the vocabulary"):
         synth.synth_model(tmp_path / "x.gguf", vocab=VOCAB_GGUF, n_vocab=512)
+
+
+def test_bad_paths_are_file_access_errors_and_leave_nothing_behind(tmp_path):
+    with pytest.raises(FileAccessError, match="no-dir/x.gguf: cannot write: its folder .*no-dir does not exist"):
+        synth.synth_model(tmp_path / "no-dir" / "x.gguf")
+    with pytest.raises(FileAccessError, match="cannot write: it is a directory"):
+        synth.synth_model(tmp_path)
+    with pytest.raises(FileAccessError, match="missing.gguf: cannot read: No such file"):
+        synth.cache_path(vocab=tmp_path / "missing.gguf")  # the vocab file's digest is part of the cache key
+    with pytest.raises(FileAccessError, match="missing.gguf: cannot read: No such file"):
+        synth.synth_model(tmp_path / "x.gguf", vocab=tmp_path / "missing.gguf")
+    assert not list(tmp_path.iterdir())
 
 
 def test_tq2_0_twin_is_lossless_and_cached(tiny):

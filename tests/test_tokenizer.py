@@ -1,5 +1,5 @@
 """Tokenizer: token ids and text equal llama.cpp's (vocab-only load through llama-cpp-python) on a varied corpus, for
-both shared vocabularies, their pre-tokenizer/flag variants and the synthetic vocabulary; plus errors and twins."""
+both fixture vocabularies, their pre-tokenizer/flag variants and the synthetic vocabulary; plus errors and twins."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from bitnet_ref.tokenizer import (
     pre_tokenize,
 )
 
-VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "vocab"
+VOCAB_DIR = Path(__file__).resolve().parent / "fixtures" / "vocab"
 BPE_GGUF = VOCAB_DIR / "ggml-vocab-llama-bpe.gguf"
 SPM_GGUF = VOCAB_DIR / "ggml-vocab-llama-spm.gguf"
 BASE_FILES = (BPE_GGUF, SPM_GGUF)
@@ -121,7 +121,7 @@ PROBE_POOL = [  # pieces random test strings are made of
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Vocabularies: the shared files, variants of them, the synthetic vocabulary
+# Vocabularies: the fixture files, variants of them, the synthetic vocabulary
 
 
 def _variant(src: Path, dst: Path, changes: dict[str, tuple[object, tuple[ValueType, ...]] | None]) -> Path:
