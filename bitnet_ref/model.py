@@ -291,6 +291,21 @@ def _run_float(kernel_name: str) -> Callable:
     return run
 
 
+def _run_bf16(dpbf16: bool) -> Callable:
+    """A runner for BF16 weights; dpbf16: bf16 activations on a build with AVX512_BF16 (vdpbf16ps in ggml_vec_dot_bf16
+    and tinyBLAS, whose K step is then DPBF16_KN), used only where the profile emulates such a build."""
+
+    def run(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+        x = act[0]
+        nm = model.numerics
+        dp = dpbf16 and nm.simd == "avx512bf16"
+        kn = dense.DPBF16_KN if dp else nm.lanes
+        tiled = dense.use_tiled(nm.float_dot, x.shape[0], lin.rows, lin.cols, kn)
+        dense.matmul_bf16(lin.data, lin.rows, lin.cols, x, tiled, nm.lanes, dp, out)
+
+    return run
+
+
 def _run_q8_0(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
     """Q8_0 weights with Q8_0 activations (ggml's x86 quantizer and 8-lane dot)."""
     dense.matmul_q8_0(lin.data, lin.rows, lin.cols, *act, out)
@@ -310,8 +325,8 @@ _DENSE_RUNNERS: dict[tuple[GGMLType, str], Callable] = {
     (GGMLType.F32, "none"): _run_float("matmul_f32"),
     (GGMLType.F16, "f16"): _run_float("matmul_f16"),
     (GGMLType.F16, "none"): _run_float("matmul_f16"),
-    (GGMLType.BF16, "bf16"): _run_float("matmul_bf16"),
-    (GGMLType.BF16, "none"): _run_float("matmul_bf16"),
+    (GGMLType.BF16, "bf16"): _run_bf16(dpbf16=True),
+    (GGMLType.BF16, "none"): _run_bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
     (GGMLType.Q8_0, "q8_0"): _run_q8_0,
     (GGMLType.Q8_0, "none"): _run_q8_0_f32,
 }
@@ -366,7 +381,7 @@ class Model:
         return np.concatenate(rows, axis=0)
 
     def describe(self) -> dict:
-        """Config, numerics, threads and the weight type of every linear, for records."""
+        """Config, numerics, threads, the weight type of every linear and the ternary kernels' ISA, for records."""
         w = self.weights
         types: dict[str, int] = {}
         for lin in [w.output] + [getattr(layer, n) for layer in w.layers for n in _LINEAR_FIELDS]:
@@ -383,6 +398,7 @@ class Model:
             "n_ubatch": self.state.n_ubatch,
             "token_embd_type": w.token_embd.type.name,
             "linear_types": types,
+            "kernel_isa": ternary.kernel_isa(),  # the ternary kernels run with their default isa (fixed at import)
         }
 
     # -- the network ---------------------------------------------------------------------------------------------------

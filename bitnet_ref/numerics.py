@@ -4,8 +4,9 @@ Two profiles (docs/NUMERICS.md §3, §4):
 - "bitnet": the model's own semantics (paper / HF transformers / bitnet.cpp I2_S): per-token absmax int8 activations
   into every ternary linear, f32 everywhere else, f32 KV cache, direct θ^(−2i/d) RoPE.
 - "ggml": what llama.cpp's CPU build computes per weight type, reduction orders included, so that the two engines can
-  be compared near bit level. ggml's float reductions depend on the SIMD width it was compiled for (AVX2: 8 lanes,
-  AVX-512: 16 lanes); the profile records which one it emulates (`simd`, detected from this host by default).
+  be compared near bit level. ggml's float reductions depend on what it was compiled for (AVX2: 8 lanes, AVX-512:
+  16 lanes, AVX512_BF16: 16 lanes and vdpbf16ps in the BF16 dots); the profile records which build it emulates
+  (`simd`: a guess from this host by default; a caller that knows the reference build replaces it).
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ ROPE_THETAS = ("iterative_f32", "direct")
 EXPFS = ("ggml_v_expf", "libm")
 SOFTMAX_SUMS = ("double_chunks", "f32")
 FLOAT_DOTS = ("ggml", "fixed")
-SIMDS = ("avx2", "avx512")
+SIMDS = ("avx2", "avx512", "avx512bf16")
 FFN_ACTS = (None, "silu", "relu2")
 
 
 def host_simd() -> str:
-    """The SIMD level ggml-cpu would be compiled for on this host with -march=native: "avx512" or "avx2"."""
+    """The SIMD level ggml-cpu would be compiled for on this host with -march=native: "avx512bf16", "avx512" or "avx2"
+    (a guess: the reference build's own system-info line, where known, decides)."""
     import llvmlite.binding as llvm
 
     features = llvm.get_host_cpu_features()
     if features.get("avx512f", False) and features.get("avx512dq", False):
-        return "avx512"
+        return "avx512bf16" if features.get("avx512bf16", False) else "avx512"
     return "avx2"
 
 
@@ -52,7 +54,7 @@ class Numerics:
     expf: str  # "ggml_v_expf": ggml's SIMD polynomial (tails in libm expf) | "libm": expf everywhere
     softmax_sum: str  # "double_chunks": each SIMD chunk reduced in f32, then summed in double (ggml) | "f32"
     float_dot: str  # "ggml": vec_dot order for one column, tinyBLAS order for ≥ 2 | "fixed": vec_dot order always
-    simd: str  # "avx2" | "avx512": lane count and reduction trees of ggml's float kernels
+    simd: str  # "avx2" | "avx512" | "avx512bf16": lane count, reduction trees and BF16 dot of ggml's float kernels
     ffn_act: str | None = None  # None: resolved from the model file by ModelConfig; "silu"/"relu2" overrides it
 
     def __post_init__(self) -> None:
@@ -75,8 +77,8 @@ class Numerics:
 
     @property
     def lanes(self) -> int:
-        """f32 lanes of one SIMD register in ggml's kernels: 8 (AVX2) or 16 (AVX-512)."""
-        return 16 if self.simd == "avx512" else 8
+        """f32 lanes of one SIMD register in ggml's kernels: 8 (AVX2) or 16 (AVX-512, with or without AVX512_BF16)."""
+        return 16 if self.simd in ("avx512", "avx512bf16") else 8
 
     def activation_for(self, weight_type: GGMLType) -> str | None:
         """The activation kind fed to a linear of this weight type, or None when the profile has no kernel for it."""

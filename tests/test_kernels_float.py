@@ -3,14 +3,21 @@
 Every ggml-order kernel is compared bit for bit: the twins follow NUMERICS.md §4 step by step in numpy float32, with
 FMA emulated as f32(f64·f64 + f64) (exact product; a double-rounding case would show up as a failure of a seeded
 case, not as flakiness). The "bitnet"-profile kernels (f32 sums, direct RoPE, libm expf) are compared the same way.
-The tests marked `llama` also compare against ggml's own exported vec functions (libggml-cpu of llama-cpp-python).
+The tests marked `llama` also compare against ggml's own exported vec functions (libggml-cpu of llama-cpp-python),
+bit for bit where the profile emulates what that build was compiled for (crossval.build.ReferenceBuild), by closeness
+otherwise.
+
+vdpbf16ps (BF16 dots on AVX512_BF16 builds) rounds after each of its two additions per lane and flushes denormals;
+its twins round exactly on their own: a float64 sum checked exact by TwoSum, else Python fractions.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -233,10 +240,86 @@ def twin_tiled_dot(a, b, lanes):
 
 def twin_matmul(wf, x, tiled, lanes, variant):
     """out (T, M) = W·xᵀ with the weight rows already decoded to f32."""
+    if variant == dense.VEC_BF16_DPBF16:
+        dot = twin_tiled_dot_dpbf16 if tiled else twin_vec_dot_dpbf16
+        return np.stack([dot(wf, x[t]) for t in range(x.shape[0])]).astype(F32)
     cols = [
         twin_tiled_dot(wf, x[t], lanes) if tiled else twin_vec_dot(wf, x[t], lanes, variant) for t in range(x.shape[0])
     ]
     return np.stack(cols).astype(F32)
+
+
+_F32_MIN_NORMAL = 2.0**-126
+
+
+def flush(v) -> np.ndarray:
+    """Denormal values replaced by zeros of their sign (vdpbf16ps: DAZ on its inputs, FTZ on its results)."""
+    v = np.asarray(v)
+    return np.where(np.abs(v) < _F32_MIN_NORMAL, np.copysign(np.zeros_like(v), v), v)
+
+
+def round_f32_exact(x: Fraction) -> F32:
+    """The f32 nearest to the exact rational x ≠ 0: ties to even, on the denormal grid 2^-149 below 2^-126, ±inf
+    from 2^128 up."""
+    m = abs(x)
+    e = m.numerator.bit_length() - m.denominator.bit_length()  # 2^(e-1) < m < 2^(e+1)
+    if m < Fraction(2) ** e:
+        e -= 1  # now 2^e <= m < 2^(e+1)
+    q = max(e, -126) - 23  # exponent of the f32 grid around m
+    k = round(m / Fraction(2) ** q)  # Fraction.__round__: nearest integer, ties to even
+    r = math.ldexp(k, q)  # exact: k <= 2^24
+    r = math.inf if r >= 2.0**128 else r
+    return F32(-r if x < 0 else r)
+
+
+def fma_f32_exact(a, b, c) -> np.ndarray:
+    """f32(a·b + c) with one rounding, for f32 arrays (a·b exact in float64: bf16·bf16 has ≤ 16 significant bits).
+
+    The float64 sum s is exact where TwoSum's error term is zero, and then s → f32 is the only rounding; elsewhere the
+    exact sum is rounded from fractions.
+    """
+    p = np.asarray(a, F32).astype(F64) * np.asarray(b, F32).astype(F64)
+    p, c = np.broadcast_arrays(p, np.asarray(c, F32).astype(F64))
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)  # TwoSum (Knuth): s + err == p + c exactly
+    out = s.astype(F32)
+    for i in map(tuple, np.argwhere(err)):
+        out[i] = round_f32_exact(Fraction(float(p[i])) + Fraction(float(c[i])))
+    return out
+
+
+def twin_dpbf16(acc, a, b) -> np.ndarray:
+    """vdpbf16ps: f32 lanes acc (..., 16), bf16 values a, b (..., 32) held as f32; lane i adds a[2i+1]·b[2i+1], then
+    a[2i]·b[2i], each sum rounded once, denormal inputs read as zero and denormal results flushed (to signed zero)."""
+    a, b, acc = flush(np.asarray(a, F32)), flush(np.asarray(b, F32)), flush(np.asarray(acc, F32))
+    acc = flush(fma_f32_exact(a[..., 1::2], b[..., 1::2], acc))
+    return flush(fma_f32_exact(a[..., 0::2], b[..., 0::2], acc))
+
+
+def twin_vec_dot_dpbf16(a, b) -> np.ndarray:
+    """ggml_vec_dot_bf16 with AVX512_BF16 of each row of a (M, n) with b (n,): c1 takes elements i..i+31 and c2
+    i+32..i+63 of each chunk of 64; sumf = 0.0 + R16(c1) + R16(c2) in double, then the leftovers' f32 products."""
+    M, n = a.shape
+    nfull = n - n % 64
+    c1, c2 = np.zeros((M, 16), F32), np.zeros((M, 16), F32)
+    for i in range(0, nfull, 64):
+        c1 = twin_dpbf16(c1, a[:, i : i + 32], b[i : i + 32])
+        c2 = twin_dpbf16(c2, a[:, i + 32 : i + 64], b[i + 32 : i + 64])
+    total = np.zeros(M, F64)
+    total = total + _r16(c1).astype(F64)
+    total = total + _r16(c2).astype(F64)
+    for i in range(nfull, n):
+        total = total + (a[:, i] * b[i]).astype(F32).astype(F64)
+    return total.astype(F32)
+
+
+def twin_tiled_dot_dpbf16(a, b) -> np.ndarray:
+    """tinyBLAS<32, __m512, __m512bh>: one vdpbf16ps accumulator over steps of 32, then R16 (n % 32 == 0)."""
+    acc = np.zeros((a.shape[0], 16), F32)
+    for c in range(0, a.shape[1], 32):
+        acc = twin_dpbf16(acc, a[:, c : c + 32], b[c : c + 32])
+    return _r16(acc).astype(F32)
 
 
 def twin_softmax(w, lanes, ggml_exp, double_sum):
@@ -433,7 +516,7 @@ def _dots(a, b, lanes, variant, tiled):
 
 
 @pytest.mark.parametrize("lanes", LANES)
-@pytest.mark.parametrize("n", [32, 64, 100, 77, 257])
+@pytest.mark.parametrize("n", [32, 64, 100, 77, 257, 2563])
 def test_vec_and_tiled_dots_match_twins(lanes, n):
     dots = _dots
     rng = np.random.default_rng(n + lanes)
@@ -448,30 +531,29 @@ def test_vec_and_tiled_dots_match_twins(lanes, n):
 
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("T", [1, 3])
-def test_matmul_f16_f32_bf16_match_twins(lanes, T):
-    rng = np.random.default_rng(10 * T + lanes)
-    M, K = 37, 96
+@pytest.mark.parametrize("M", [37, 36])
+def test_matmul_f16_f32_bf16_match_twins(lanes, T, M):
+    rng = np.random.default_rng(10 * T + lanes + M)
+    K = 96
     w = (rng.standard_normal((M, K)) * 0.5).astype(F32)
     x = rng.standard_normal((T, K)).astype(F32)
     tiled = dense.use_tiled("ggml", T, M, K, lanes)
+    assert tiled == (T >= 2 and M % 4 == 0)
     cases = (
-        ("f16", fmt_f16, dense.matmul_f16, dense.round_rows_f16, dense.VEC_F16),
-        (
-            "bf16",
-            fmt_bf16,
-            dense.matmul_bf16,
-            dense.round_rows_bf16,
-            dense.VEC_BF16_AVX512 if lanes == 16 else dense.VEC_BF16_AVX2,
-        ),
+        ("f16", fmt_f16, dense.round_rows_f16, dense.VEC_F16),
+        ("bf16", fmt_bf16, dense.round_rows_bf16, dense.VEC_BF16_AVX512 if lanes == 16 else dense.VEC_BF16_AVX2),
     )
-    for name, fmt, kernel, rounding, variant in cases:
-        raw = fmt.encode(w)
-        wf = fmt.decode(raw, (K, M))
+    for name, fmt, rounding, variant in cases:
+        raw = read_only(fmt.encode(w).view(np.uint16))
+        wf = fmt.decode(raw.view(np.uint8), (K, M))
         xr = np.empty_like(x)
         rounding(x, xr)
         out = np.full((T, M), np.nan, F32)
-        kernel(read_only(raw.view(np.uint16)), M, K, xr, tiled, lanes, out)
-        assert_same_bits(out, twin_matmul(wf, xr, tiled, lanes, variant), f"matmul_{name} T={T}")
+        if name == "f16":
+            dense.matmul_f16(raw, M, K, xr, tiled, lanes, out)
+        else:
+            dense.matmul_bf16(raw, M, K, xr, tiled, lanes, False, out)  # without AVX512_BF16: lanes-wide FMA
+        assert_same_bits(out, twin_matmul(wf, xr, tiled, lanes, variant), f"matmul_{name} T={T} M={M}")
     out = np.full((T, M), np.nan, F32)
     dense.matmul_f32(read_only(w.reshape(-1)), M, K, x, tiled, lanes, out)
     assert_same_bits(out, twin_matmul(w, x, tiled, lanes, dense.VEC_F32), f"matmul_f32 T={T}")
@@ -483,6 +565,8 @@ def test_use_tiled_rule():
     assert not dense.use_tiled("ggml", 2, 130, 64, 8)  # M % 4 != 0: tinyBLAS declines
     assert not dense.use_tiled("ggml", 2, 128, 68, 8)  # K % lanes != 0
     assert not dense.use_tiled("fixed", 5, 128, 64, 8)
+    assert dense.use_tiled("ggml", 2, 128, 96, dense.DPBF16_KN)  # BF16 with vdpbf16ps: steps of 32
+    assert not dense.use_tiled("ggml", 2, 128, 80, dense.DPBF16_KN)  # K % 32 != 0: vec_dot, though 80 % 16 == 0
 
 
 def test_round_rows_match_numpy():
@@ -518,6 +602,135 @@ def test_q8_0_quantize_and_matmul_match_twins():
     dense.matmul_q8_0_f32(read_only(raw), M, K, x, 8, out32)
     wf = fmt_q8_0.decode(raw, (K, M))
     assert_same_bits(out32, twin_matmul(wf, x, False, 8, dense.VEC_F32), "matmul_q8_0_f32")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tests: BF16 on builds with AVX512_BF16 (vdpbf16ps)
+
+
+def bf16_values(x) -> np.ndarray:
+    """x rounded to bf16 as ggml does (nearest even; denormals kept), as f32 of the same shape."""
+    x = np.asarray(x, F32)
+    bits = fmt_bf16.encode(x).view(np.uint16).reshape(x.shape)
+    return (bits.astype(np.uint32) << 16).view(F32)
+
+
+def bits_values(bits) -> np.ndarray:
+    """f32 values of bf16 bit patterns."""
+    return (np.asarray(bits, np.uint32) << 16).view(F32)
+
+
+@njit(cache=True)
+def _dots_dpbf16(a, b, tiled):
+    """Every row of a dotted with b by vec_dot(VEC_BF16_DPBF16) or tiled_dot_dpbf16."""
+    acc = np.empty(64, np.float32)
+    out = np.empty(a.shape[0], np.float32)
+    for m in range(a.shape[0]):
+        if tiled:
+            out[m] = dense.tiled_dot_dpbf16(a[m], 0, b, 0, a.shape[1], acc)
+        else:
+            out[m] = dense.vec_dot(a[m], 0, b, 0, a.shape[1], 16, dense.VEC_BF16_DPBF16, acc)
+    return out
+
+
+def test_dpbf16_twin_rounding_is_exact():
+    """The twin's fast path (float64 sum, TwoSum-checked) agrees with rounding from fractions everywhere, extreme
+    exponent gaps, ties and f32 denormal results included."""
+    rng = np.random.default_rng(20)
+    n = 4000
+    a = bf16_values(rng.standard_normal(n) * np.exp2(rng.integers(-70, 40, n)))
+    b = bf16_values(rng.standard_normal(n) * np.exp2(rng.integers(-70, 40, n)))
+    c = (rng.standard_normal(n) * np.exp2(rng.integers(-130, 60, n))).astype(F32)
+    c[:500] = -(a[:500].astype(F64) * b[:500]).astype(F32)  # cancellations, exact zeros
+    c[500:1000] = np.nextafter(c[500:1000], F32(np.inf))
+    a[1000:1100], b[1000:1100], c[1000:1100] = F32(1), bits_values(0x3380), F32(1)  # 1 + 2^-24: a tie, stays 1
+    got = fma_f32_exact(a, b, c)
+    exact = [Fraction(float(a[i])) * Fraction(float(b[i])) + Fraction(float(c[i])) for i in range(n)]
+    nonzero = np.array([x != 0 for x in exact])
+    assert_same_bits(got[nonzero], np.array([round_f32_exact(x) for x in exact if x], F32), "fma_f32_exact")
+    assert (~nonzero).sum() > 100 and np.all(got[~nonzero] == 0) and not np.signbit(got[~nonzero]).any()  # x − x = +0
+    p = a.astype(F64) * b
+    assert ((p + c) - p != c).sum() > 100  # the fractions path was taken
+    assert np.all(got[1000:1100] == 1) and (np.abs(got) < _F32_MIN_NORMAL).any()
+
+
+@pytest.mark.parametrize("n", [64, 77, 128, 2560, 2563])
+def test_dpbf16_dots_match_twins(n):
+    rng = np.random.default_rng(30 + n)
+    a = rng.standard_normal((20, n)) * rng.uniform(0.01, 100, (20, 1))
+    b = rng.standard_normal(n)
+    b[::7] *= 2.0**-64
+    a[3] = 0  # an all-zero row
+    a[4, ::3] *= -(2.0**-63)  # with b[::7]: products in the f32 denormal range
+    a[8] = rng.standard_normal(n) * 2.0**-125  # denormal inputs, and sums around 2^-126 that get flushed
+    a, b = bf16_values(a), bf16_values(b)
+    a[5] = bits_values(rng.integers(0, 128, n) | (rng.integers(0, 2, n) << 15))  # denormal (and ±0) inputs only
+    a[6, : n // 2] = bits_values(0x8000)  # -0
+    assert (np.abs(a[8][a[8] != 0]) < _F32_MIN_NORMAL).any()
+    vec = _dots_dpbf16(a, b, False)
+    assert_same_bits(vec, twin_vec_dot_dpbf16(a, b), f"vec_dot dpbf16 n={n}")
+    if n % 64 == 0:
+        assert vec[5] == 0 and vec[3] == 0  # denormal inputs read as zero (the scalar leftovers would not)
+    if n % dense.DPBF16_KN == 0:
+        assert_same_bits(_dots_dpbf16(a, b, True), twin_tiled_dot_dpbf16(a, b), f"tiled_dot dpbf16 n={n}")
+
+
+def test_dpbf16_lane_semantics_by_hand():
+    """Cases whose results are known without a twin (odd element first, one rounding per addition, denormal inputs read
+    as zero, denormal sums flushed to signed zero); the tiled kernel and its twin both have to give them."""
+
+    def lane0(chunks):
+        """Rows of 64 bf16 (a, b) where only lane 0 is set: chunk c is ((a_even, b_even), (a_odd, b_odd))."""
+        a, b = np.zeros((1, 64), F32), np.zeros(64, F32)
+        for c, ((ae, be), (ao, bo)) in enumerate(chunks):
+            a[0, 32 * c : 32 * c + 2] = ae, ao
+            b[32 * c : 32 * c + 2] = be, bo
+        return a, b
+
+    p = 2.0 ** np.arange(-140, 120, dtype=F64)  # p[i + 140] = 2^i, all exact bf16 values (as f64)
+    two = lambda i: F32(p[i + 140])  # noqa: E731
+    cases = [
+        # order: acc 1, then 1 − 1 = 0 and 0 + 2^-30 (even element first would give (1 + 2^-30) − 1 = 0)
+        ([((1, 1), (0, 0)), ((two(-30), 1), (-1, 1))], two(-30)),
+        # one rounding per addition: 1 + 2^-24 is a tie (→ 1), twice; one rounding of 1 + 2^-23 would keep it
+        ([((1, 1), (0, 0)), ((two(-24), 1), (two(-24), 1))], F32(1)),
+        # a product in the denormal range (2^-130, from normal inputs) is flushed
+        ([((0, 0), (two(-65), two(-65))), ((0, 0), (0, 0))], F32(0)),
+        # a sum in the denormal range: 2^-125 − 1.5·2^-126 = 2^-127 is flushed
+        ([((two(-60), two(-65)), (0, 0)), ((0, 0), (F32(-1.5) * two(-63), two(-63)))], F32(0)),
+        # a denormal input (bf16 0x0001 = 2^-133) reads as zero: not 2^-133 · 2^100
+        ([((bits_values(0x0001), two(100)), (0, 0)), ((0, 0), (0, 0))], F32(0)),
+    ]
+    for chunks, want in cases:
+        a, b = lane0(chunks)
+        assert_same_bits(_dots_dpbf16(a, b, True), np.array([want], F32), f"tiled dpbf16 {chunks}")
+        assert_same_bits(twin_tiled_dot_dpbf16(a, b), np.array([want], F32), f"twin dpbf16 {chunks}")
+    a = np.zeros((1, 64), F32)  # every lane ends at -0: −2^-130 flushed to −0, then −0 + (−0)
+    a[0, 1::2] = -two(-65)
+    a[0, 0::2] = F32(-0.0)
+    b = np.full(64, two(-65), F32)
+    assert np.signbit(_dots_dpbf16(a, b, True)[0]) and np.signbit(twin_tiled_dot_dpbf16(a, b)[0])
+    # ggml_vec_dot_bf16 adds the R16 sums to a double that starts at +0.0: no −0 comes out
+    assert _dots_dpbf16(a, b, False)[0] == 0 and not np.signbit(_dots_dpbf16(a, b, False)[0])
+    assert not np.signbit(twin_vec_dot_dpbf16(a, b)[0])
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+@pytest.mark.parametrize("M,K", [(36, 128), (37, 96), (36, 80), (8, 77)])
+def test_matmul_bf16_dpbf16_matches_twin(T, M, K):
+    rng = np.random.default_rng(100 * T + K)
+    w = (rng.standard_normal((M, K)) * rng.uniform(0.05, 5, (M, 1))).astype(F32)
+    w[1] = 0
+    x = rng.standard_normal((T, K)).astype(F32)
+    raw = fmt_bf16.encode(w)
+    wf = fmt_bf16.decode(raw, (K, M))
+    xr = np.empty_like(x)
+    dense.round_rows_bf16(x, xr)
+    tiled = dense.use_tiled("ggml", T, M, K, dense.DPBF16_KN)
+    assert tiled == (T >= 2 and (M, K) == (36, 128))  # K = 80: tinyBLAS takes it in f32 lanes, not with vdpbf16ps
+    out = np.full((T, M), np.nan, F32)
+    dense.matmul_bf16(read_only(raw.view(np.uint16)), M, K, xr, tiled, 16, True, out)
+    assert_same_bits(out, twin_matmul(wf, xr, tiled, 16, dense.VEC_BF16_DPBF16), f"matmul_bf16 dpbf16 T={T} K={K}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -600,12 +813,34 @@ def _ptr(a):
     return a.ctypes.data_as(ctypes.c_void_p)
 
 
+def reference_build():
+    """What this llama-cpp-python build was compiled for, and the emulation the ggml profile picks for it."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from crossval.build import ReferenceBuild
+
+    return ReferenceBuild.from_system_info(llama_cpp.llama_print_system_info().decode())
+
+
+BF16_VARIANTS = {"avx2": dense.VEC_BF16_AVX2, "avx512": dense.VEC_BF16_AVX512, "avx512bf16": dense.VEC_BF16_DPBF16}
+
+
 @pytest.mark.llama
 def test_dots_softmax_swiglu_match_ggml_exports():
+    """Bit for bit where the ggml profile emulates this build (simd from its system info, not from the host); for a
+    build it does not emulate, only close (|Δ| ≤ 1e-5 of the magnitudes summed): exactness is not claimed there."""
     lib = _ggml_cpu()
-    lanes = PROFILES["ggml"].lanes
+    build = reference_build()
+    nm = PROFILES["ggml"].replace(**build.numerics_changes())  # the host's guess where the build is not emulated
+    lanes = nm.lanes
+
+    def check(got, want, scale, what):
+        if build.simd is not None:
+            assert_same_bits(got, want, f"{what} ({build.simd})")
+        else:
+            err = np.abs(got.astype(F64) - want)
+            assert np.all(err <= 1e-5 * scale), f"{what}: max |Δ| {err.max()} ({build.why_not})"
+
     rng = np.random.default_rng(8)
-    bf16_variant = dense.VEC_BF16_AVX512 if lanes == 16 else dense.VEC_BF16_AVX2
     for n in (64, 77, 128, 2560, 2563):
         a = (rng.standard_normal((20, n)) * 3).astype(F32)
         b = rng.standard_normal(n).astype(F32)
@@ -614,14 +849,7 @@ def test_dots_softmax_swiglu_match_ggml_exports():
         for name, x, y, xf, yf, variant in (
             ("f16", a16, b16, a16.astype(F32), b16.astype(F32), dense.VEC_F16),
             ("f32", a, b, a, b, dense.VEC_F32),
-            (
-                "bf16",
-                ab,
-                bb,
-                (ab.astype(np.uint32) << 16).view(F32),
-                (bb.astype(np.uint32) << 16).view(F32),
-                bf16_variant,
-            ),
+            ("bf16", ab, bb, bits_values(ab), bits_values(bb), BF16_VARIANTS[nm.simd]),
         ):
             s = np.zeros(1, F32)
             want = np.empty(20, F32)
@@ -629,7 +857,11 @@ def test_dots_softmax_swiglu_match_ggml_exports():
                 row = np.ascontiguousarray(x[m])
                 getattr(lib, f"ggml_vec_dot_{name}")(n, _ptr(s), 0, _ptr(row), 0, _ptr(y), 0, 1)
                 want[m] = s[0]
-            assert_same_bits(twin_vec_dot(xf, yf, lanes, variant), want, f"ggml_vec_dot_{name} n={n}")
+            if variant == dense.VEC_BF16_DPBF16:
+                ours = twin_vec_dot_dpbf16(xf, yf)
+            else:
+                ours = twin_vec_dot(xf, yf, lanes, variant)
+            check(ours, want, np.abs(xf.astype(F64) * yf).sum(axis=1), f"ggml_vec_dot_{name} n={n}")
     for n in (256, 768):
         w = (rng.standard_normal(n) * 20).astype(F32)
         k = int(rng.integers(1, n))
@@ -639,14 +871,15 @@ def test_dots_softmax_swiglu_match_ggml_exports():
         ours = w[:k].copy()
         chunk = np.empty(16, F32)
         _softmax_run(ours, k, lanes, chunk)
-        assert_same_bits(ours, y[:k] * F32(1.0 / total), f"softmax n={n}")
+        want = y[:k] * F32(1.0 / total)
+        check(ours, want, np.abs(want), f"softmax n={n}")
     gate = (rng.standard_normal(1003) * 10).astype(F32)
     up = rng.standard_normal(1003).astype(F32)
     y = np.zeros(1003, F32)
     lib.ggml_vec_swiglu_f32(1003, _ptr(y), _ptr(gate), _ptr(up))
     out = np.empty((1, 1003), F32)
     activation.swiglu(gate[None], up[None], lanes, True, out)
-    assert_same_bits(out[0], y, "ggml_vec_swiglu_f32")
+    check(out[0], y, np.abs(y), "ggml_vec_swiglu_f32")
 
 
 @njit(cache=True)

@@ -5,9 +5,10 @@ Tolerances stated here:
   (every kernel of the profile uses one order for every batch width).
 - "ggml" profile: llama.cpp's float matmuls switch from vec_dot (1 column) to tinyBLAS (≥ 2 columns), and the engine
   follows it, so prefill and one-by-one differ by float rounding: asserted max |Δ| ≤ 0.01·std(logits), r > 0.99999.
-- Against llama.cpp (FA off, logits of every position): Pearson r > 0.999 asserted for F32, F16, BF16, Q8_0, TQ1_0,
-  TQ2_0 and I2_S (engine on the I2_S file, llama.cpp on its lossless TQ2_0 twin); on a host whose ggml build the
-  engine's orders were verified against (AVX2), the logits are also asserted bit-identical for every format.
+- Against llama.cpp (FA off, extra buffer types off, logits of every position): Pearson r > 0.999 asserted for F32,
+  F16, BF16, Q8_0, TQ1_0, TQ2_0 and I2_S (engine on the I2_S file, llama.cpp on its lossless TQ2_0 twin). The ggml
+  profile follows what the llama.cpp build reports it was compiled for (crossval.build.ReferenceBuild); where it
+  emulates that build (x86 AVX2, AVX-512, AVX512_BF16), the logits are also asserted bit-identical for every format.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bitnet_ref import synth
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import ConfigError, ContextOverflowError, EngineError, TokenRangeError, UnsupportedFormatError
 from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+from bitnet_ref.kernels import dense, ternary
 from bitnet_ref.model import load_model
 from bitnet_ref.numerics import PROFILES
 
@@ -265,10 +267,41 @@ def test_ffn_act_override_and_describe():
     assert d["ffn_act"] == "relu2" and d["ffn_act_source"] == "override"
     assert d["numerics"]["name"] == "ggml" and d["numerics"]["kv_dtype"] == "f16" and d["n_threads"] == 1
     assert "ggml:" in d["numerics_str"] and d["linear_types"]["TQ2_0"] == 7 * m.config.n_layer
+    assert d["kernel_isa"] == ternary.kernel_isa() == ternary.ISA_NAMES[ternary.DEFAULT_ISA]  # what the kernels run
     silu = load_model(tiny("tq2_0"), "ggml", n_threads=1)
     assert silu.config.ffn_act == "silu" and silu.config.ffn_act_source == "arch"
     toks = tokens(4)
     assert not np.array_equal(m.forward(toks, 0), silu.forward(toks, 0))
+
+
+@pytest.mark.parametrize("simd", ["avx2", "avx512", "avx512bf16"])
+def test_bf16_dispatch_follows_simd(simd, monkeypatch):
+    """BF16 weights run vdpbf16ps (and tinyBLAS's K step of 32) exactly when the profile emulates an AVX512_BF16
+    build and the activations are bf16; the lane width follows simd."""
+    calls = []
+    real = dense.matmul_bf16
+
+    def spy(w, M, K, x, tiled, lanes, dpbf16, out):
+        calls.append((M, K, x.shape[0], tiled, lanes, dpbf16))
+        real(w, M, K, x, tiled, lanes, dpbf16, out)
+
+    monkeypatch.setattr(dense, "matmul_bf16", spy)
+    m = load_model(tiny("bf16"), PROFILES["ggml"].replace(simd=simd), n_threads=1)
+    toks = tokens(5, m.config.n_vocab, seed=6)
+    prefill = m.forward(toks, 0)
+    assert np.isfinite(m.forward(tokens(1, m.config.n_vocab, seed=7), 5)).all()
+    assert {c[2] for c in calls} == {5, 1}  # a prefill (tinyBLAS where allowed) and a decode step (vec_dot)
+    dp = simd == "avx512bf16"
+    for M, K, T, tiled, lanes, dpbf16 in calls:
+        assert lanes == m.numerics.lanes == (8 if simd == "avx2" else 16) and dpbf16 == dp
+        assert tiled == (T >= 2 and M % 4 == 0 and K % (dense.DPBF16_KN if dp else lanes) == 0)
+    calls.clear()
+    load_model(tiny("bf16"), PROFILES["bitnet"].replace(simd=simd), n_threads=1).forward(toks, 0)
+    assert calls and not any(c[5] for c in calls)  # f32 activations ("bitnet"): never vdpbf16ps
+    if dp:
+        other = load_model(tiny("bf16"), PROFILES["ggml"].replace(simd="avx512"), n_threads=1).forward(toks, 0)
+        assert not np.array_equal(prefill, other)  # the rounding differs...
+        assert np.corrcoef(prefill.ravel(), other.ravel())[0, 1] > 0.99999  # ...by little
 
 
 def test_numerics_profiles_are_explicit():
@@ -278,6 +311,7 @@ def test_numerics_profiles_are_explicit():
     assert g.activation_for(GGMLType.IQ2_S) is None
     assert (g.kv_dtype, b.kv_dtype) == ("f16", "f32") and g.round_q_f16 and not b.round_softmax_f16
     assert g.lanes in (8, 16) and "\n" not in str(g) and str(b).startswith("bitnet:")
+    assert [g.replace(simd=s).lanes for s in ("avx2", "avx512", "avx512bf16")] == [8, 16, 16]
     assert set(g.describe()) >= {"name", "activation", "kv_dtype", "rope_theta", "expf", "simd", "ffn_act"}
     with pytest.raises(ConfigError, match="kv_dtype"):
         g.replace(kv_dtype="f8")
@@ -301,7 +335,9 @@ class LlamaRef:
         self.L = L
         L.llama_log_set(_silent_log(L), None)
         L.llama_backend_init()
-        self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        mp = L.llama_model_default_params()
+        mp.use_extra_bufts = False  # plain CPU buffers: CPU_REPACK / AMX would run other kernels than the profile's
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
         assert self.model, path
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, 512, 512
@@ -362,12 +398,26 @@ def _compare(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 LLAMA_CASES = ["f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "i2_s"]
 
 
+def reference_build():
+    """What this llama-cpp-python build was compiled for, and the emulation the ggml profile picks for it."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from crossval.build import ReferenceBuild
+
+    return ReferenceBuild.from_system_info(llama_cpp.llama_print_system_info().decode())
+
+
+def ggml_for(build):
+    """The ggml profile following this build (the host's guess where the build is not emulated)."""
+    return PROFILES["ggml"].replace(**build.numerics_changes())
+
+
 @pytest.mark.llama
 @pytest.mark.parametrize("fmt", LLAMA_CASES)
 def test_logits_match_llama_cpp(fmt, record_property):
     path = tiny(fmt)
     ref_path = synth.tq2_0_twin(path) if fmt == "i2_s" else path
-    m = load_model(path, "ggml", n_threads=2)
+    build = reference_build()
+    m = load_model(path, ggml_for(build), n_threads=2)
     ref = LlamaRef(ref_path)
     try:
         toks = tokens(48, m.config.n_vocab, seed=11)
@@ -381,14 +431,15 @@ def test_logits_match_llama_cpp(fmt, record_property):
         record_property(k, v)
     print(f"{fmt}: " + " ".join(f"{k}={v:.7g}" for k, v in stats.items()))
     assert stats["r"] > 0.999, stats
-    if PROFILES["ggml"].simd == "avx2":
-        assert stats["exact"] == 1.0, stats  # the orders were verified against this host kind's ggml build
+    if build.simd is not None:  # the profile emulates this build: every order, so every bit
+        assert stats["exact"] == 1.0, (build.simd, stats)
 
 
 @pytest.mark.llama
 def test_trace_points_equal_llama_eval_callback_nodes():
     path = tiny("tq2_0")
-    m = load_model(path, "ggml", n_threads=2)
+    build = reference_build()
+    m = load_model(path, ggml_for(build), n_threads=2)
     ref = LlamaRef(path, capture=True)
     toks = tokens(9, m.config.n_vocab, seed=13)
     try:
@@ -416,8 +467,8 @@ def test_trace_points_equal_llama_eval_callback_nodes():
         point = key.rsplit("-", 1)[0] if key[-1].isdigit() else key
         node = ref.nodes.get((key, ops.get(point, "MUL")))
         assert node is not None, (key, sorted(k for k in ref.nodes if k[0] == key))
-        if PROFILES["ggml"].simd == "avx2":
-            assert np.array_equal(arr.reshape(node.shape), node), key
+        if build.simd is not None:
+            assert np.array_equal(arr.reshape(node.shape), node), (key, build.simd)
         assert math.isclose(np.corrcoef(arr.ravel(), node.ravel())[0, 1], 1.0, abs_tol=1e-3), key
         checked += 1
     assert checked == len(LAYER_POINTS) * m.config.n_layer + 2

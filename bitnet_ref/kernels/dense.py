@@ -8,9 +8,16 @@ Reduction orders (NUMERICS.md §4.4, §4.5; L = 8 lanes on AVX2, 16 on AVX-512; 
 - "vec" (ggml_vec_dot_f16/f32, one activation column): 4 accumulators of L lanes over full chunks of 4L elements
   (FMA), combined (a0+a2)+(a1+a3), reduced by `reduce_vec`, then the K mod 4L leftovers (in double for F16/BF16,
   in f32 for F32).
-- "tiled" (llamafile tinyBLAS, ≥ 2 columns when K % L == 0 and M % 4 == 0): one L-lane FMA accumulator over steps
-  of L, reduced by `reduce_tiled`.
+- "tiled" (llamafile tinyBLAS, ≥ 2 columns when K % KN == 0 and M % 4 == 0): one L-lane FMA accumulator over steps
+  of KN = L, reduced by `reduce_tiled`.
 Products of f16 (or bf16) values are exact in f32, so FMA and mul+add agree there; F32 weights need the FMA.
+
+BF16 on a build with AVX512_BF16 (`VEC_BF16_DPBF16`, `tiled_dot_dpbf16`) runs vdpbf16ps instead: f32 lane i of a
+register takes the bf16 pair (2i, 2i+1) of a 32-element chunk, adds the odd product first, then the even one, each
+sum rounded once, with denormal inputs read as zero and denormal sums flushed to signed zero (checked bit for bit
+against the instruction on an AVX512_BF16 host; adding the even element first, not flushing, or rounding once all
+differ). ggml_vec_dot_bf16 keeps two such registers over chunks of 64, reduces each with R16 into a double and
+adds the n mod 64 leftovers there as f32 products; tinyBLAS keeps one over steps of KN = 32 and reduces it with R16.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.kernels.lanes import fma_lanes
-from bitnet_ref.kernels.scalar import bf16_to_f32, f16_to_f32, fma32, load, round_bf16, round_f16
+from bitnet_ref.kernels.scalar import bf16_to_f32, bits_f32, f16_to_f32, f32_bits, fma32, load, round_bf16, round_f16
 
 ROW_BLOCK = 16  # rows decoded per scratch allocation in the parallel loops
 Q8_0_BLOCK = 32
@@ -30,6 +37,11 @@ VEC_F16 = 0  # ggml_vec_dot_f16: 4 accumulators, reduce_vec, leftovers added in 
 VEC_F32 = 3  # ggml_vec_dot_f32: the same tree, but the total and the leftovers stay in f32
 VEC_BF16_AVX2 = 1  # ggml_vec_dot_bf16 AVX2: 4 accumulators of 8, reduce_tiled (hsum), leftovers in double
 VEC_BF16_AVX512 = 2  # ggml_vec_dot_bf16 AVX-512F: 2 accumulators of 16, each reduced, summed in double
+VEC_BF16_DPBF16 = 4  # ggml_vec_dot_bf16 AVX512_BF16: 2 vdpbf16ps accumulators over chunks of 64, summed in double
+
+DPBF16_KN = 32  # bf16 elements per vdpbf16ps register: tinyBLAS's K step for BF16 under AVX512_BF16
+_F32_MIN_NORMAL = np.float32(2.0**-126)
+_F32_SIGN = np.int32(-(2**31))
 
 
 @njit(cache=True, inline="always")
@@ -79,8 +91,54 @@ def reduce_tiled(a, o, lanes):
 
 
 @njit(cache=True, inline="always")
+def _ftz(v):
+    """v, or a zero of v's sign where v is an f32 denormal (vdpbf16ps reads and writes denormals as zero)."""
+    if abs(v) < _F32_MIN_NORMAL:
+        return bits_f32(np.int32(f32_bits(v) & _F32_SIGN))
+    return v
+
+
+@njit(cache=True, inline="always")
+def _dpbf16_lane(acc, a, ao, b, bo):
+    """One f32 lane of vdpbf16ps on the bf16 pairs a[ao:ao+2], b[bo:bo+2] (as f32): odd product first, each sum
+    rounded once (fma32: a bf16 product is exact) and flushed."""
+    acc = _ftz(acc)
+    acc = _ftz(fma32(_ftz(a[ao + 1]), _ftz(b[bo + 1]), acc))
+    return _ftz(fma32(_ftz(a[ao]), _ftz(b[bo]), acc))
+
+
+@njit(cache=True, inline="always")
+def _dpbf16_chunks(a, ao, b, bo, nchunks, stride, acc, o):
+    """acc[o:o+16] = vdpbf16ps(acc, ·, ·) over 32 bf16 values at ao + c·stride (and bo + c·stride), c < nchunks."""
+    for c in range(nchunks):
+        base = c * stride
+        for i in range(16):
+            acc[o + i] = _dpbf16_lane(acc[o + i], a, ao + base + 2 * i, b, bo + base + 2 * i)
+
+
+@njit(cache=True, inline="always")
+def _vec_dot_dpbf16(a, ao, b, bo, n, acc):
+    """ggml_vec_dot_bf16 with AVX512_BF16 on bf16 values held as f32 (a, b f32; acc ≥ 32 f32)."""
+    nfull = n - n % 64
+    for j in range(32):
+        acc[j] = np.float32(0)
+    _dpbf16_chunks(a, ao, b, bo, nfull // 64, 64, acc, 0)  # c1: elements i..i+31 of each chunk of 64
+    _dpbf16_chunks(a, ao + 32, b, bo + 32, nfull // 64, 64, acc, 16)  # c2: elements i+32..i+63
+    # ggml's double sumf starts at +0.0: a register that sums to -0 (flushed lanes keep their sign) gives +0
+    total = np.float64(0)
+    total += np.float64(_r16(acc, 0))
+    total += np.float64(_r16(acc, 16))
+    for i in range(nfull, n):
+        total += np.float64(a[ao + i] * b[bo + i])  # scalar leftovers: f32 product, no flushing
+    return np.float32(total)
+
+
+@njit(cache=True, inline="always")
 def vec_dot(a, ao, b, bo, n, lanes, variant, acc):
-    """ggml vec_dot of a[ao:ao+n]·b[bo:bo+n] in the order of `variant`; a f32 or f16 bits, b f32; acc ≥ 4·lanes f32."""
+    """ggml vec_dot of a[ao:ao+n]·b[bo:bo+n] in the order of `variant`; a f32 or f16 bits, b f32; acc ≥ 4·lanes f32
+    (VEC_BF16_DPBF16: a f32, acc ≥ 32)."""
+    if variant == VEC_BF16_DPBF16:
+        return _vec_dot_dpbf16(a, ao, b, bo, n, acc)
     nacc = 2 if variant == VEC_BF16_AVX512 else 4
     width = nacc * lanes
     nfull = n - n % width
@@ -121,12 +179,24 @@ def tiled_dot(a, ao, b, bo, n, lanes, acc):
 
 
 @njit(cache=True, inline="always")
+def tiled_dot_dpbf16(a, ao, b, bo, n, acc):
+    """tinyBLAS<32, __m512, __m512bh> dot of bf16 values held as f32: one vdpbf16ps accumulator over steps of
+    DPBF16_KN (n % 32 == 0), then R16."""
+    for j in range(16):
+        acc[j] = np.float32(0)
+    _dpbf16_chunks(a, ao, b, bo, n // DPBF16_KN, DPBF16_KN, acc, 0)
+    return _r16(acc, 0)
+
+
+@njit(cache=True, inline="always")
 def _dot_columns(row, ro, x, m, tiled, lanes, variant, acc, out):
-    """out[t, m] = row[ro:ro+K] · x[t] for every activation row t, in the vec or tiled order."""
+    """out[t, m] = row[ro:ro+K] · x[t] for every activation row t, in the vec or tiled order of `variant`."""
     T, K = x.shape
     xf = x.reshape(T * K)
     for t in range(T):
-        if tiled:
+        if tiled and variant == VEC_BF16_DPBF16:
+            out[t, m] = tiled_dot_dpbf16(row, ro, xf, t * K, K, acc)
+        elif tiled:
             out[t, m] = tiled_dot(row, ro, xf, t * K, K, lanes, acc)
         else:
             out[t, m] = vec_dot(row, ro, xf, t * K, K, lanes, variant, acc)
@@ -158,9 +228,12 @@ def _rows_f32(w, lo, hi, K, x, tiled, lanes, out):
 
 
 @njit(cache=True)
-def _rows_bf16(w, lo, hi, K, x, tiled, lanes, out):
+def _rows_bf16(w, lo, hi, K, x, tiled, lanes, dpbf16, out):
     """Rows lo..hi of matmul_bf16 (each row decoded once into f32 scratch)."""
-    variant = VEC_BF16_AVX512 if lanes == 16 else VEC_BF16_AVX2
+    if dpbf16:
+        variant = VEC_BF16_DPBF16
+    else:
+        variant = VEC_BF16_AVX512 if lanes == 16 else VEC_BF16_AVX2
     row = np.empty(K, np.float32)
     acc = np.empty(64, np.float32)
     for m in range(lo, hi):
@@ -184,10 +257,11 @@ def matmul_f32(w, M, K, x, tiled, lanes, out):
 
 
 @njit(cache=True, parallel=True)
-def matmul_bf16(w, M, K, x, tiled, lanes, out):
-    """out (T, M) = W·xᵀ for BF16 weights w (uint16 bits, M·K), x f32 (T, K) (bf16-rounded by the caller)."""
+def matmul_bf16(w, M, K, x, tiled, lanes, dpbf16, out):
+    """out (T, M) = W·xᵀ for BF16 weights w (uint16 bits, M·K), x f32 (T, K) (bf16-rounded by the caller);
+    dpbf16: the AVX512_BF16 orders (vdpbf16ps; tiled needs K % DPBF16_KN == 0), else the lanes-wide FMA orders."""
     for blk in prange((M + ROW_BLOCK - 1) // ROW_BLOCK):
-        _rows_bf16(w, blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK), K, x, tiled, lanes, out)
+        _rows_bf16(w, blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK), K, x, tiled, lanes, dpbf16, out)
 
 
 @njit(cache=True)
@@ -283,6 +357,7 @@ def matmul_q8_0_f32(w, M, K, x, lanes, out):
         _rows_q8_0_f32(w, blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK), K, x, lanes, out)
 
 
-def use_tiled(float_dot: str, T: int, M: int, K: int, lanes: int) -> bool:
-    """Whether ggml would run this matmul through tinyBLAS: ≥ 2 columns, K % lanes == 0 and M % 4 == 0."""
-    return float_dot == "ggml" and T >= 2 and K % lanes == 0 and M % 4 == 0
+def use_tiled(float_dot: str, T: int, M: int, K: int, kn: int) -> bool:
+    """Whether ggml would run this matmul through tinyBLAS: ≥ 2 columns, K % kn == 0 and M % 4 == 0, with kn the
+    tinyBLAS K step (the lane count for f32/f16/bf16 FMA, DPBF16_KN for BF16 with AVX512_BF16)."""
+    return float_dot == "ggml" and T >= 2 and K % kn == 0 and M % 4 == 0
