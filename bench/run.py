@@ -1,6 +1,7 @@
 """Side-by-side timing of bitnet_ref and llama.cpp on the same GGUF, the same threads and the same tokens.
 
-Method (issue 5): each engine runs in its own spawned process (so its peak RSS is its own), loads once, runs one
+Method: each engine runs in its own process (crossval.isolated, the mechanism crossval runs its reference with: a
+crash or hang is an error for that engine, and its peak RSS is its own), loads once, runs one
 warm-up of every phase (the first call pays numba's compile or cache load), then `reps` repetitions in which the
 engines alternate phase by phase (A B C A B C …) so that the host's bandwidth swings hit every engine alike.
 Phases: prefill of 128 and 512 tokens (logits of the last position only), decode of 128 single-token steps, and
@@ -11,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import multiprocessing as mp
 import os
 import resource
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from bench import roofline
+from bitnet_ref.errors import BitnetRefError, ConfigError
+from crossval.isolated import ChildError, Isolated
 
 REF = "bitnet_ref"
 LLAMA = "llama.cpp"
@@ -111,6 +112,7 @@ class Settings:
     gen_tokens: int = 128
     engines: tuple[str, ...] = ENGINE_NAMES
     numerics: str = "ggml"
+    extra_bufts: bool = True  # llama.cpp's extra buffer types (CPU_REPACK, AMX): on, as people run it
     ref_threads: int | None = None  # override bitnet_ref's threads only (e.g. to plant a slowdown)
     seed: int = 0
     bandwidth_bytes: int = roofline.BUFFER_BYTES
@@ -126,7 +128,8 @@ class Settings:
 # ---------------------------------------------------------------- the engine process
 
 
-def _open_backend(engine: EngineSpec, path: str, n_threads: int, numerics: str, n_ctx: int) -> object:
+def _open_backend(engine: EngineSpec, path: str, n_threads: int, numerics: str, n_ctx: int,
+                  extra_bufts: bool) -> object:
     """Load one engine through the crossval backends, both with a KV cache of n_ctx positions."""
     if engine.backend == REF:
         from crossval.backends import BitnetRefBackend
@@ -134,7 +137,8 @@ def _open_backend(engine: EngineSpec, path: str, n_threads: int, numerics: str, 
         return BitnetRefBackend(path, numerics=numerics, n_threads=n_threads, n_ctx=n_ctx)
     from crossval.llama_cpp_backend import LlamaCppBackend
 
-    backend = LlamaCppBackend(path, n_threads=n_threads, n_ctx=n_ctx, flash_attn=False)
+    backend = LlamaCppBackend(path, n_threads=n_threads, n_ctx=n_ctx, flash_attn=False, extra_bufts=extra_bufts,
+                              echo_log=True)
     _timing_context(backend, n_ctx, engine.flash_attn)
     return backend
 
@@ -142,7 +146,8 @@ def _open_backend(engine: EngineSpec, path: str, n_threads: int, numerics: str, 
 def _timing_context(backend: object, n_ctx: int, flash_attn: str | None) -> None:
     """Swap the crossval backend's context for a timing one: no eval callback (it costs a Python call per graph
     node), perf counters on; flash attention auto with llama.cpp's default batch sizes, or the crossval
-    configuration (flash attention off, one ubatch per prompt)."""
+    configuration (flash attention off, one ubatch per prompt). The weights' buffer types were read on the first
+    decode of the crossval context."""
     import llama_cpp.llama_cpp as L
 
     cp = L.llama_context_default_params()
@@ -177,11 +182,13 @@ def _describe(backend: object, engine: EngineSpec) -> dict:
     desc = backend.describe()
     if engine.backend == LLAMA:
         from crossval import llama_cpp_backend as LB
+        from crossval.build import ReferenceBuild
 
         log = getattr(getattr(LB, "_Log", None), "lines", [])  # llama.cpp's log says what "auto" resolved to
         resolved = [line.strip() for line in log if "Flash Attention" in line]
         desc.update({"flash_attn_type": engine.flash_attn, "flash_attn_resolved": resolved[-1] if resolved else None,
-                     "eval_callback": False, "perf_counters": True})
+                     "eval_callback": False, "perf_counters": True,
+                     "build": ReferenceBuild.from_system_info(desc["system_info"]).describe()})
     return desc
 
 
@@ -245,34 +252,34 @@ def _run_phase(backend: object, msg: dict, is_llama: bool) -> dict:
     return {"wall_s": wall, "n": n, "counter_s": _llama_perf(backend, reset=False) if is_llama else float("nan")}
 
 
-def engine_process(conn: object, engine: EngineSpec, path: str, n_threads: int, numerics: str, n_ctx: int) -> None:
-    """Child process main: load one engine, report, then answer phase requests until 'stop'."""
-    timer = _compile_timer() if engine.backend == REF else None
-    try:
+class TimedEngine:
+    """One engine loaded for timing, inside its own process (crossval.isolated runs it): the parent calls `ready`,
+    then `run` per phase, then `final`."""
+
+    def __init__(self, engine: EngineSpec, path: str, n_threads: int, numerics: str, n_ctx: int,
+                 extra_bufts: bool):
+        self.timer = _compile_timer() if engine.backend == REF else None
+        self.is_llama = engine.backend == LLAMA
         t0 = time.perf_counter()
         for module in BACKEND_MODULES[engine.backend]:
             importlib.import_module(module)
         t1 = time.perf_counter()
-        backend = _open_backend(engine, path, n_threads, numerics, n_ctx)
-        ready = {"ok": True, "import_s": t1 - t0, "load_s": time.perf_counter() - t1,
-                 "rss_after_load_mb": _proc_mb("VmRSS"), "describe": _describe(backend, engine)}
-    except Exception:  # noqa: BLE001 - any failure is reported to the parent, which drops this engine
-        conn.send({"ok": False, "error": traceback.format_exc()})
-        return
-    conn.send(ready)
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:  # the parent closed the pipe: stop quietly
-            return
-        if msg["cmd"] == "stop":
-            stats = _numba_stats(timer) if timer is not None else {}
-            conn.send({"peak_rss_mb": _proc_mb("VmHWM"), **stats})
-            return
-        try:
-            conn.send({"ok": True, **_run_phase(backend, msg, engine.backend == LLAMA)})
-        except Exception:  # noqa: BLE001
-            conn.send({"ok": False, "error": traceback.format_exc()})
+        self.backend = _open_backend(engine, path, n_threads, numerics, n_ctx, extra_bufts)
+        self.info = {"import_s": t1 - t0, "load_s": time.perf_counter() - t1, "rss_after_load_mb": _proc_mb("VmRSS"),
+                     "describe": _describe(self.backend, engine)}
+
+    def ready(self) -> dict:
+        """Import and load times, RSS after load, the engine's description."""
+        return self.info
+
+    def run(self, msg: dict) -> dict:
+        """Time one phase."""
+        return _run_phase(self.backend, msg, self.is_llama)
+
+    def final(self) -> dict:
+        """Peak RSS and numba's compile/cache figures."""
+        stats = _numba_stats(self.timer) if self.timer is not None else {}
+        return {"peak_rss_mb": _proc_mb("VmHWM"), **stats}
 
 
 class EngineError(RuntimeError):
@@ -285,59 +292,44 @@ class Worker:
 
     engine: EngineSpec
     threads: int
-    process: object
-    conn: object
+    child: Isolated
     ready: dict = field(default_factory=dict)
 
     @classmethod
-    def start(cls, engine: EngineSpec, path: Path, threads: int, numerics: str, n_ctx: int) -> Worker:
+    def start(cls, engine: EngineSpec, path: Path, threads: int, numerics: str, n_ctx: int,
+              extra_bufts: bool) -> Worker:
         """Spawn the engine's process and wait until its model is loaded."""
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        args = (child, engine, str(path), threads, numerics, n_ctx)
-        proc = ctx.Process(target=engine_process, args=args, daemon=True)
-        proc.start()
-        child.close()
-        worker = cls(engine, threads, proc, parent)
-        worker.ready = worker._receive(READY_TIMEOUT_S)
-        if not worker.ready.get("ok"):
-            worker.close()
-            raise EngineError(f"{engine.name} could not load {path}:\n{worker.ready.get('error')}")
+        kwargs = {"engine": engine, "path": str(path), "n_threads": threads, "numerics": numerics, "n_ctx": n_ctx,
+                  "extra_bufts": extra_bufts}
+        try:
+            child = Isolated("bench.run:TimedEngine", kwargs, name=engine.name, timeout=READY_TIMEOUT_S)
+            worker = cls(engine, threads, child)
+            worker.ready = worker._call("ready")
+        except ChildError as err:
+            raise EngineError(f"{engine.name} could not load {path}: {err}\n{err.tail}") from err
         return worker
 
-    def _receive(self, timeout: float) -> dict:
-        """The next reply, or EngineError when the process dies or stays silent past the timeout."""
-        deadline = time.monotonic() + timeout
-        while not self.conn.poll(0.2):
-            if not self.process.is_alive():
-                raise EngineError(f"{self.engine.name} process exited with code {self.process.exitcode}")
-            if time.monotonic() > deadline:
-                raise EngineError(f"{self.engine.name} gave no answer in {timeout:.0f} s")
-        return self.conn.recv()
+    def _call(self, method: str, *args, timeout: float = STEP_TIMEOUT_S):
+        """A call into the engine's process; its crash, hang or error is an EngineError."""
+        try:
+            return self.child.call(method, *args, timeout=timeout)
+        except ChildError as err:
+            raise EngineError(f"{self.engine.name} {method}: {err}\n{err.tail}") from err
 
     def run(self, request: dict) -> dict:
         """Run one phase in the engine's process and return its timing."""
-        self.conn.send({"cmd": "run", **request})
-        reply = self._receive(STEP_TIMEOUT_S)
-        if not reply.get("ok"):
-            raise EngineError(f"{self.engine.name} failed a phase:\n{reply.get('error')}")
-        return reply
+        return self._call("run", request)
 
     def stop(self) -> dict:
         """Ask for the final figures (peak RSS, numba cache use) and end the process."""
         try:
-            self.conn.send({"cmd": "stop"})
-            return self._receive(60.0)
+            return self._call("final", timeout=60.0)
         finally:
             self.close()
 
     def close(self) -> None:
-        """Release the pipe (the process then ends on its own) and wait for it; terminate it if it hangs."""
-        self.conn.close()
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=10)
+        """End the engine's process."""
+        self.child.close()
 
 
 # ---------------------------------------------------------------- cases and measurement
@@ -447,7 +439,7 @@ def _start_workers(case: Case, threads: int, settings: Settings, n_ctx: int,
         n = settings.ref_threads if spec.backend == REF and settings.ref_threads else threads
         say(f"{case.name} {threads}T: loading {name}")
         try:
-            workers.append(Worker.start(spec, case.file_for(spec), n, settings.numerics, n_ctx))
+            workers.append(Worker.start(spec, case.file_for(spec), n, settings.numerics, n_ctx, settings.extra_bufts))
         except EngineError as err:
             notes.append(f"{case.name} {threads}T: {name} skipped: {_first_last(err)}")
     return workers, notes
@@ -609,7 +601,7 @@ def resolve_baseline(ref: str, out_root: Path) -> Path:
     candidate = out_root / "bench" / ref
     if (candidate / "run.json").is_file():
         return candidate
-    raise FileNotFoundError(f"baseline {ref!r}: neither a run folder nor a run id under {out_root / 'bench'}")
+    raise ConfigError(f"baseline {ref!r}: neither a run folder nor a run id under {out_root / 'bench'}")
 
 
 # ---------------------------------------------------------------- the run
@@ -732,6 +724,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default=",".join(ENGINE_NAMES), help=f"{ENGINE_NAMES} or 'all'")
     p.add_argument("--numerics", default="ggml", help="bitnet_ref numerics profile (default ggml)")
     p.add_argument("--ref-threads", type=int, default=None, help="give bitnet_ref this many threads instead")
+    p.add_argument("--extra-bufts", action=argparse.BooleanOptionalAction, default=True,
+                   help="llama.cpp's extra buffer types (CPU_REPACK, AMX) for the weights, as llama.cpp runs by "
+                        "default (default on; recorded)")
     p.add_argument("--quick", action="store_true", help="tiny preset only (CI smoke, < 3 minutes)")
     p.add_argument("--out", default="out", help="records root (default out)")
     p.add_argument("--baseline", default=None, help="a bench run folder or id to check for regressions")
@@ -747,7 +742,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from parsed options."""
     return Settings(threads=_ints(args.threads), reps=args.reps, prompt_tokens=_ints(args.prompt),
                     gen_tokens=args.gen, engines=_names(args.engines, ENGINE_NAMES, "engines"),
-                    numerics=args.numerics, ref_threads=args.ref_threads, bandwidth_bytes=args.bandwidth_mb << 20)
+                    numerics=args.numerics, extra_bufts=args.extra_bufts, ref_threads=args.ref_threads,
+                    bandwidth_bytes=args.bandwidth_mb << 20)
 
 
 def _cell(row: pd.Series | None, ratio: bool) -> str:
@@ -790,8 +786,10 @@ def summary_table(summary: pd.DataFrame) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 = done, 1 = a regression against --baseline, 2 = an engine or case failed."""
+    """Run the benchmark; 0 = done, 1 = a regression against --baseline (or a path that is not there), 2 = an engine
+    or case failed."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     ap = parser()
@@ -803,7 +801,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = ("tiny",) if args.quick else _names(args.models, PRESETS, "models")
         fmts = _names(args.formats, FORMATS, "formats")
         baseline = resolve_baseline(args.baseline, out_root) if args.baseline else None
-    except (argparse.ArgumentTypeError, ValueError, FileNotFoundError) as err:
+    except ConfigError as err:  # a path that is not there: one line, like every other subcommand
+        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        return 1
+    except (argparse.ArgumentTypeError, ValueError) as err:
         ap.error(str(err))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as progress:
@@ -812,7 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         def say(text: str) -> None:
             progress.update(task, description=text)
 
-        cases = build_cases(models, fmts, os.environ.get("BITNET_GGUF"))
+        try:
+            cases = build_cases(models, fmts, os.environ.get("BITNET_GGUF"))
+        except BitnetRefError as err:
+            progress.stop()
+            console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+            return 1
         outcome = run_bench(cases, settings, out_root, say, baseline, args.tolerance, args.abs_tolerance)
     if not outcome.summary.empty:
         console.print(summary_table(outcome.summary))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -26,10 +27,11 @@ GGML_BASE_SONAME = "libggml-base.so.0"  # libllama's DT_NEEDED name: the same in
 FLASH_ATTN_AUTO, FLASH_ATTN_DISABLED, FLASH_ATTN_ENABLED = -1, 0, 1
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 GGML_MAX_DIMS = 4
+GGML_MAX_SRC = 10
 
 
 class _TensorHead(ctypes.Structure):
-    """The leading fields of `struct ggml_tensor` (x86-64: type @0, buffer @8, ne @16, nb @48, op @80)."""
+    """The leading fields of `struct ggml_tensor` (x86-64: type @0, buffer @8, ne @16, nb @48, op @80, src @152)."""
 
     _fields_ = [
         ("type", ctypes.c_int32),
@@ -37,6 +39,9 @@ class _TensorHead(ctypes.Structure):
         ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
         ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
         ("op", ctypes.c_int32),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * GGML_MAX_SRC),
     ]
 
 
@@ -50,6 +55,7 @@ def _bind_ggml() -> ctypes.CDLL:
         "ggml_nelements": ([ctypes.c_void_p], ctypes.c_int64),
         "ggml_nbytes": ([ctypes.c_void_p], ctypes.c_size_t),
         "ggml_backend_tensor_get": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t], None),
+        "ggml_backend_buffer_name": ([ctypes.c_void_p], ctypes.c_char_p),
         "ggml_version": ([], ctypes.c_char_p),
         "ggml_commit": ([], ctypes.c_char_p),
     }
@@ -63,14 +69,18 @@ def _bind_ggml() -> ctypes.CDLL:
 
 
 class _Log:
-    """Process-wide llama.cpp log sink: keeps recent lines (errors are quoted in BackendError), prints nothing."""
+    """Process-wide llama.cpp log sink: keeps recent lines (errors are quoted in BackendError); with `echo` set (in
+    an isolated child, whose stderr is its log file) it also writes them to stderr."""
 
     lines: list[str] = []
+    echo = False
 
     @staticmethod
     def _sink(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         _Log.lines.append(text.decode("utf-8", "replace"))
         del _Log.lines[:-200]
+        if _Log.echo:
+            os.write(2, text)
 
     callback = L.llama_log_callback(_sink)
 
@@ -109,12 +119,18 @@ class LlamaCppBackend:
 
     Defaults are the matching configuration. For timing (bench): `eval_callback=False` (no Python call per graph
     node; capture() is then refused), `flash_attn=None` (llama.cpp's AUTO), `n_ubatch=512`, `perf=True`.
+    `extra_bufts` is llama_model_params.use_extra_bufts: off, every weight stays in a plain CPU buffer (the path the
+    ggml profile emulates); on, llama.cpp may move weights to CPU_REPACK or AMX buffers with kernels of their own.
+    With the eval callback, the buffer type of every weight a MUL_MAT reads is recorded on the first decode.
+    `echo_log` copies llama.cpp's log to stderr (set in an isolated child, whose stderr is its log file).
     """
 
     name = "llama.cpp"
 
     def __init__(self, path: str | Path, *, n_threads: int = 2, n_ctx: int = 0, flash_attn: bool | None = False,
-                 n_ubatch: int | None = None, eval_callback: bool = True, perf: bool = False):
+                 n_ubatch: int | None = None, eval_callback: bool = True, perf: bool = False,
+                 extra_bufts: bool = False, echo_log: bool = False):
+        _Log.echo = _Log.echo or echo_log
         self._ggml = _init()
         self.path = Path(path)
         self.n_threads = n_threads
@@ -124,8 +140,12 @@ class LlamaCppBackend:
         self._got: dict[tuple[str, str], list[np.ndarray]] = {}
         self._n_tokens = 0
         self._cb_error: BaseException | None = None
+        self.extra_bufts = extra_bufts
+        self.weight_buffers: dict[str, str] = {}  # weight name -> buffer type name, from the first decode's graph
         self._cb = L.ggml_backend_sched_eval_callback(self._callback)  # referenced for the context's lifetime
-        self.model = L.llama_model_load_from_file(str(self.path).encode(), L.llama_model_default_params())
+        mp = L.llama_model_default_params()
+        mp.use_extra_bufts = extra_bufts
+        self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise BackendError(f"llama.cpp cannot load {self.path}: {_Log.tail()}")
         self.vocab = L.llama_model_get_vocab(self.model)
@@ -135,6 +155,8 @@ class LlamaCppBackend:
             L.llama_model_free(self.model)
             self.model = None
             raise BackendError(f"llama.cpp cannot create a context for {self.path}: {_Log.tail()}")
+        if eval_callback:
+            self.eval([L.llama_vocab_bos(self.vocab) if L.llama_vocab_bos(self.vocab) >= 0 else 0])
 
     def _context_params(self, n_ctx: int, n_ubatch: int | None, perf: bool) -> L.llama_context_params:
         """Matching settings by default: one ubatch per call, flash attention off, our eval callback."""
@@ -176,6 +198,7 @@ class LlamaCppBackend:
         try:
             name = self._ggml.ggml_get_name(t).decode()
             if ask:
+                self._note_weight_buffer(t)
                 return name in self._wanted
             if name in self._wanted:
                 op = self._ggml.ggml_op_desc(t).decode()
@@ -183,6 +206,17 @@ class LlamaCppBackend:
         except BaseException as exc:  # noqa: BLE001 - re-raised after llama_decode returns
             self._cb_error = self._cb_error or exc
         return not ask
+
+    def _note_weight_buffer(self, t: int) -> None:
+        """Record the buffer type of the weight (src 0) of a MUL_MAT node, once per weight."""
+        head = _TensorHead.from_address(t)
+        weight = head.src[0]
+        if not weight or self._ggml.ggml_op_desc(t) != b"MUL_MAT":
+            return
+        name = self._ggml.ggml_get_name(weight).decode()
+        if name.endswith(".weight") and name not in self.weight_buffers:
+            buf = _TensorHead.from_address(weight).buffer
+            self.weight_buffers[name] = self._ggml.ggml_backend_buffer_name(buf).decode() if buf else "none"
 
     # -- decoding ---------------------------------------------------------------------------------------------------
 
@@ -286,6 +320,8 @@ class LlamaCppBackend:
             "type_k": self._ggml.ggml_type_name(self.type_k).decode(),
             "type_v": self._ggml.ggml_type_name(self.type_v).decode(),
             "eval_callback": self.eval_callback,
+            "use_extra_bufts": self.extra_bufts,
+            "weight_buffers": self.weight_buffers,
         }
 
     def perf_counters(self, reset: bool = False) -> dict:

@@ -6,8 +6,10 @@ import argparse
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from reports.html import build_all
+from reports.records import RecordError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", nargs="?", default="out", help="an out/ folder or one run folder (default: out)")
     args = parser.parse_args(argv)
     console = Console()
-    written, failed = build_all(args.target)
+    try:
+        written, failed = build_all(args.target)
+    except RecordError as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        return 1
     for path in written:
         console.print(f"[green]wrote[/] {path}")
     for run_dir, err in failed:

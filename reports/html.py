@@ -408,13 +408,14 @@ def render_bench(meta: dict, tables: dict[str, pd.DataFrame]) -> str:
 # bitnet_ref, llama.cpp): the top-k tokens of both engines and both engines' logits at the worst position.
 
 CASE = "case"  # the case id column shared by every crossval table
-VERDICT_ORDER = ("FAIL", "XPASS", "ERROR", "XFAIL", "PASS")
+VERDICT_ORDER = ("FAIL", "XPASS", "ERROR", "XFAIL", "APPROX", "PASS")
 GATING = ("FAIL", "XPASS", "ERROR")
 POINT_ORDER = (
     "attn_norm", "Qcur", "Kcur", "Vcur", "kqv_out", "attn_sub_norm", "attn_out", "ffn_inp", "ffn_norm", "ffn_gate",
     "ffn_up", "ffn_sub_out", "ffn_sub_norm", "ffn_down", "l_out", "result_norm", "result_output",
 )
-STATUS_CLASS.update({"xpass": "fail", "over": "fail", "inconclusive": "xfail"})
+STATUS_CLASS.update({"xpass": "fail", "over": "fail", "inconclusive": "xfail", "approx": "warn",
+                     "incomplete": "fail"})
 
 
 def _verdicts(cases: pd.DataFrame) -> pd.Series:
@@ -453,16 +454,28 @@ def _gates(meta: dict) -> list[str]:
             f"{esc(p.get('greedy'))}" for name, p in profiles.items() if isinstance(p, dict)]
 
 
+def _incomplete(meta: dict, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """A banner line for a run that never finished (killed, or still running): how many cases it recorded."""
+    if meta.get("complete", True):
+        return []
+    cases = tables.get("cases")
+    done = 0 if cases is None else len(cases)
+    return [f"<b>INCOMPLETE</b>: the run stopped (or is still running) after {done} of {esc(meta.get('n_cases', '?'))} "
+            "cases; this report shows the cases it recorded"]
+
+
 def _crossval_verdict(meta: dict, tables: dict[str, pd.DataFrame]) -> str:
-    """The crossval banner: overall verdict, counts, every failing and every expected (XFAIL) case with reasons."""
+    """The crossval banner: overall verdict, counts, every failing, expected (XFAIL) and approximate (APPROX) case
+    with reasons; a run that did not finish says so first."""
     verdict = str(meta.get("verdict", "unknown"))
     cases = tables.get("cases")
     if cases is None or "verdict" not in cases:
-        return banner(verdict, f"crossval: {verdict}", [missing("case table")])
+        return banner(verdict, f"crossval: {verdict}", _incomplete(meta, tables) + [missing("case table")])
     v = _verdicts(cases)
     reasons = _expected_reasons(meta)
-    items = [_case_line(r, reasons) for r in cases[v.isin(GATING)].to_dict("records")]
-    items += [_case_line(r, reasons) for r in cases[v == "XFAIL"].to_dict("records")]
+    items = _incomplete(meta, tables)
+    items += [_case_line(r, reasons) for r in cases[v.isin(GATING)].to_dict("records")]
+    items += [_case_line(r, reasons) for r in cases[v.isin(("XFAIL", "APPROX"))].to_dict("records")]
     return banner(verdict, f"crossval: {verdict} — {_verdict_counts(cases)}", items + _gates(meta))
 
 
@@ -698,6 +711,8 @@ def build_all(target: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     Returns the files written and the (run folder, error) pairs that could not be rendered.
     """
     target = Path(target)
+    if not target.is_dir():
+        raise RecordError(f"{target}: not a folder of records (no such directory)")
     single = (target / "run.json").is_file()
     run_dirs = [target] if single else list_runs(target)
     written, failed = [], []

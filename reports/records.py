@@ -2,6 +2,10 @@
 
 run.json holds `schema_version`, `kind`, `run_id` and whatever the producer writes (provenance, numerics,
 thresholds, verdict); every table is `<name>.csv`. Records from many machines merge by concatenating tables.
+
+A producer that records as it goes appends rows to `<name>.jsonl` journals (one JSON object a line, flushed and
+synced per append) and turns them into the CSV tables when it finishes. A run killed before that keeps its journals;
+read_run reads them as tables (a torn last line is dropped), so a report can be built from an unfinished run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pandas as pd
 SCHEMA_VERSION = 1
 META_FILE = "run.json"
 TABLE_SUFFIX = ".csv"
+JOURNAL_SUFFIX = ".jsonl"
 PACKAGES = ("bitnet-ref", "numpy", "numba", "pandas", "gguf", "llama_cpp_python", "rich")
 
 
@@ -68,6 +73,35 @@ class RunDir:
         df.to_csv(out, index=False)
         return out
 
+    def append_rows(self, name: str, rows: list[dict]) -> None:
+        """Append rows to the <name>.jsonl journal and sync it to disk (each row one line)."""
+        if not name.isidentifier():
+            raise RecordError(f"table name {name!r} must be an identifier")
+        text = "".join(json.dumps(r, default=_jsonable, allow_nan=True) + "\n" for r in rows)
+        with open(self.path / (name + JOURNAL_SUFFIX), "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish_tables(self, names: list[str]) -> None:
+        """Write every named table as CSV from its journal (an empty table when it has none) and drop the journals."""
+        for name in names:
+            journal = self.path / (name + JOURNAL_SUFFIX)
+            self.write_table(name, pd.DataFrame(read_journal(journal)))
+            journal.unlink(missing_ok=True)
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The rows of a .jsonl journal; a line that does not parse (a write cut short by a kill) is dropped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
 
 def new_run_id(now: datetime | None = None) -> str:
     """A sortable, collision-resistant run id: UTC time, host and a random suffix."""
@@ -95,10 +129,18 @@ def read_run(path: str | Path) -> tuple[dict, dict[str, pd.DataFrame]]:
     meta = json.loads(meta_path.read_text())
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise RecordError(f"{meta_path}: schema_version {meta.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    tables = {
-        p.stem: pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in sorted(path.glob("*" + TABLE_SUFFIX))
-    }
+    tables = {p.stem: _read_table(p) for p in sorted(path.glob("*" + TABLE_SUFFIX))}
+    for p in sorted(path.glob("*" + JOURNAL_SUFFIX)):
+        tables.setdefault(p.stem, pd.DataFrame(read_journal(p)))
     return meta, tables
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """One CSV table; a table written with no rows (and so no columns) reads as an empty frame."""
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def list_runs(out_root: str | Path = "out", kind: str | None = None) -> list[Path]:

@@ -315,35 +315,43 @@ def test_a_bad_output_path_is_a_one_line_error(tmp_path, capsys, kind):
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
 
 
-def _permission_bits_hold(d: Path) -> bool:
-    """False for a process that reads a mode-000 file anyway (root, or CAP_DAC_OVERRIDE), as the test sessions do."""
-    probe = d / "probe"
-    probe.write_bytes(b"")
-    probe.chmod(0)
-    try:
-        probe.open("rb").close()
-    except PermissionError:
-        return True
-    return False
+DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
 
 
-def test_unreadable_file_and_unwritable_folder_are_one_line_errors(tmp_path, capsys, models):
-    if not _permission_bits_hold(tmp_path):
-        pytest.skip("this process reads and writes whatever the permission bits say (root)")
+def _cli_without_permission_override(*argv) -> subprocess.CompletedProcess:
+    """The CLI in a process that obeys permission bits: root's DAC override capabilities dropped (util-linux
+    setpriv), so that a mode-000 file is unreadable even in a test session running as root."""
+    prefix = DROP_DAC if os.geteuid() == 0 else []
+    cmd = [*prefix, sys.executable, "-m", "bitnet_ref.cli", *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_unreadable_file_and_unwritable_folder_are_one_line_errors(tmp_path, models):
     locked = tmp_path / "locked.gguf"
     shutil.copyfile(models["f16"], locked)
     locked.chmod(0)
-    for argv in (["verify", locked], ["inspect", locked], ["generate", "-m", locked, "-p", "hi"]):
-        assert_one_line_error(capsys, argv, locked)
     folder = tmp_path / "read-only"
     folder.mkdir(mode=0o500)
-    assert_one_line_error(capsys, ["synth", "-q", "-o", folder / "x.gguf"], folder / "x.gguf")
+    cases = [(["verify", locked], locked), (["inspect", locked], locked),
+             (["generate", "-m", locked, "-p", "hi"], locked), (["synth", "-q", "-o", folder / "x.gguf"], folder)]
+    for argv, path in cases:
+        res = _cli_without_permission_override(*argv)
+        assert res.returncode == 1 and res.stdout == "", (argv, res.stdout, res.stderr)
+        assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+        assert str(path) in res.stderr and "Permission denied" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_bitnet_ref_process_answers_a_missing_file_without_a_traceback(tmp_path):
-    path = tmp_path / "no-such.gguf"
-    p = subprocess.run(
-        [sys.executable, "-m", "bitnet_ref.cli", "verify", str(path)], capture_output=True, text=True, timeout=120
-    )
-    assert p.returncode == 1 and p.stdout == "" and "Traceback" not in p.stderr
-    assert p.stderr == f"error: {path}: cannot read: No such file or directory\n"
+@pytest.mark.parametrize("argv", [
+    ["report", "{missing}"],
+    ["report", "{file}"],
+    ["bench", "--quick", "--baseline", "{missing}"],
+    ["crossval", "--thresholds", "{missing}", "--list"],
+    ["crossval", "--thresholds", "{file}", "--list"],
+])
+def test_harness_commands_answer_a_bad_path_in_one_line(tmp_path, capsys, argv):
+    missing, file = tmp_path / "no-such", tmp_path / "a-file.txt"
+    file.write_text("not what was asked for\n")
+    rc, out, err = run(capsys, *[a.format(missing=missing, file=file) for a in argv])
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), (out, err)
+    assert tmp_path.name in lines[0] and not missing.exists()

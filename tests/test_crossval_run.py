@@ -71,13 +71,47 @@ def test_expected_divergence_xfail_xpass_and_wrong_place(th):
     assert wrong.verdict == R.FAIL and "kqv_out" in wrong.location and "expected relu2" in wrong.location
 
 
-def test_missing_point_is_recorded_not_gated(th):
+def test_missing_point_fails_unless_declared_optional(th):
     case = C.Case("tiny", "tq2_0", "hello", "ggml", 2)
     ref = _acts()
     engine = {k: v for k, v in ref.items() if k != ("Vcur", 0)}
     res = _result(case, th, engine, ref)
+    assert res.verdict == R.FAIL and res.location == "layer 0 Vcur not observed in bitnet_ref"
+    optional = {**th, "optional": [{"id": "no-v", "when": {"fmt": "tq2_0"}, "points": ["Vcur"], "reason": "why"}]}
+    res = _result(case, optional, engine, ref)
     assert res.verdict == R.PASS
-    assert any(p["status"] == "not observed in bitnet_ref" for p in res.points)
+    assert any(p["status"] == "not observed in bitnet_ref (optional, no-v: why)" for p in res.points)
+    other = C.Case("tiny", "f16", "hello", "ggml", 2)
+    assert _result(other, optional, engine, ref).verdict == R.FAIL
+
+
+def test_approx_case_is_judged_by_the_approx_gate(th):
+    """A ggml case on an unemulated path: tiny differences pass as APPROX with the reason; a real divergence still
+    fails, naming the reason too."""
+    case = C.Case("tiny", "f16", "hello", "ggml", 2)
+    ref = _acts()
+    near = {k: v * np.float32(1 + 1e-4) for k, v in ref.items()}  # NMSE 1e-8
+    assert _result(case, th, near, ref).verdict == R.FAIL  # beyond the ggml profile's bit-level bound
+    res = R.CaseResult(case, approx="llama.cpp used AMX for 7 weights (blk.0.attn_q.weight, ...)")
+    assert res.gate == "approx"
+    R.compare_layers(res, near, ref, P.all_points(1), th)
+    R.decide(res, th)
+    assert res.verdict == R.APPROX and res.location.startswith("llama.cpp used AMX")
+    far = {k: v + (1.0 if k == ("Qcur", 0) else 0.0) for k, v in ref.items()}
+    res = R.CaseResult(case, approx="llama.cpp used AMX for 7 weights")
+    R.compare_layers(res, far, ref, P.all_points(1), th)
+    R.decide(res, th)
+    assert res.verdict == R.FAIL and "layer 0 Qcur" in res.location
+    assert "approx gate: llama.cpp used AMX" in res.location
+
+
+def test_error_result_names_the_failure():
+    from crossval.isolated import ChildError
+
+    err = ChildError("llama.cpp died with SIGSEGV during greedy (last output: x)", "a\nx", "SIGSEGV")
+    res = R.error_result(C.Case("tiny", "q8_0", "hello", "ggml", 2), err, 1.5)
+    assert res.verdict == R.ERROR and res.location.startswith("llama.cpp died with SIGSEGV")
+    assert res.row()["verdict"] == "ERROR" and res.summary["error_tail"] == "a\nx"
 
 
 @pytest.mark.parametrize(("noise", "message"), [(0.5, "logits: r "), (0.006, "logits: position 2 r ")])

@@ -54,3 +54,20 @@ def test_provenance_fields():
         assert key in prov
     assert prov["versions"]["numpy"] == np.__version__
     json.dumps(prov)
+
+
+def test_journal_tables_survive_a_torn_write_and_finish_as_csv(tmp_path):
+    run = records.new_run("crossval", tmp_path)
+    run.append_rows("cases", [{"case": "a", "verdict": "PASS", "r": 1.0}])
+    run.append_rows("cases", [{"case": "b", "verdict": "ERROR", "location": "died"}])
+    with open(run.path / "cases.jsonl", "a") as f:
+        f.write('{"case": "c", "verd')  # a write cut short by kill -9
+    _, tables = records.read_run(run.path)
+    assert list(tables["cases"].case) == ["a", "b"] and set(tables["cases"].columns) == {"case", "verdict", "r",
+                                                                                        "location"}
+    run.finish_tables(["cases", "points"])
+    assert not list(run.path.glob("*.jsonl"))
+    _, tables = records.read_run(run.path)
+    assert list(tables["cases"].verdict) == ["PASS", "ERROR"] and "points" in tables
+    with pytest.raises(records.RecordError):
+        run.append_rows("not a name", [])
