@@ -89,7 +89,8 @@ def test_killed_run_leaves_records_a_report_can_be_built_from(tmp_path):
     the report says the run stopped."""
     cmd = [sys.executable, "-m", "crossval", "--quick", "--filter", "tiny-f32-hello,tiny-f16-hello", "--out",
            str(tmp_path), "--no-report"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the killed harness cannot remove its reference's log file
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and proc.poll() is None:
