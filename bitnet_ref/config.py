@@ -60,10 +60,9 @@ from bitnet_ref.constants import (
 from bitnet_ref.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bitnet_ref.gguf_file import GGUFFile
+    from bitnet_ref.gguf_reader import GGUFFile
 
 FFN_ACTS = ("silu", "relu2")
-ACT_SOURCES = ("key", "arch", "override")
 ROPE_FREQ_BASE_DEFAULT = 10000.0
 # llama.cpp's special-token defaults per tokenizer model when the GGUF sets none (llama-vocab.cpp)
 DEFAULT_SPECIAL_IDS = {"gpt2": (11, 11), "llama": (1, 2)}

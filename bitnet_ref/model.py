@@ -37,7 +37,7 @@ from bitnet_ref.constants import (
     GGMLType,
 )
 from bitnet_ref.errors import ContextOverflowError, EngineError, FormatError, TokenRangeError, UnsupportedFormatError
-from bitnet_ref.gguf_file import GGUFFile, read_gguf
+from bitnet_ref.gguf_reader import GGUFFile, read_gguf
 from bitnet_ref.kernels import activation, actquant, attention, dense, norm, rope, ternary
 from bitnet_ref.kernels.scalar import powf
 from bitnet_ref.numerics import Numerics, resolve
@@ -588,7 +588,7 @@ def load_model(
     """Open a GGUF and build a Model; ffn_act overrides the file's (and the profile's) FFN activation."""
     nm = resolve(numerics)
     gguf = read_gguf(path)
-    config = ModelConfig.from_gguf(gguf, ffn_act=ffn_act if ffn_act is not None else nm.ffn_act)
+    config = ModelConfig.from_gguf(gguf, ffn_act=ffn_act)
     config.check_tensors(gguf)
     weights = load_weights(gguf, config, nm)
     ctx = config.n_ctx if n_ctx is None else n_ctx

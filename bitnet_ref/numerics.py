@@ -25,7 +25,6 @@ EXPFS = ("ggml_v_expf", "libm")
 SOFTMAX_SUMS = ("double_chunks", "f32")
 FLOAT_DOTS = ("ggml", "fixed")
 SIMDS = ("avx2", "avx512", "avx512bf16")
-FFN_ACTS = (None, "silu", "relu2")
 
 
 def host_simd() -> str:
@@ -55,7 +54,6 @@ class Numerics:
     softmax_sum: str  # "double_chunks": each SIMD chunk reduced in f32, then summed in double (ggml) | "f32"
     float_dot: str  # "ggml": vec_dot order for one column, tinyBLAS order for ≥ 2 | "fixed": vec_dot order always
     simd: str  # "avx2" | "avx512" | "avx512bf16": lane count, reduction trees and BF16 dot of ggml's float kernels
-    ffn_act: str | None = None  # None: resolved from the model file by ModelConfig; "silu"/"relu2" overrides it
 
     def __post_init__(self) -> None:
         checks = (
@@ -66,7 +64,6 @@ class Numerics:
             ("softmax_sum", self.softmax_sum, SOFTMAX_SUMS),
             ("float_dot", self.float_dot, FLOAT_DOTS),
             ("simd", self.simd, SIMDS),
-            ("ffn_act", self.ffn_act, FFN_ACTS),
         )
         for field, value, allowed in checks:
             if value not in allowed:
@@ -100,7 +97,7 @@ class Numerics:
         return (
             f"{self.name}: act[{acts}] kv={self.kv_dtype} q_f16={self.round_q_f16} p_f16={self.round_softmax_f16} "
             f"rmsnorm_sum={self.rmsnorm_sum} rope={self.rope_theta} expf={self.expf} softmax_sum={self.softmax_sum} "
-            f"float_dot={self.float_dot}/{self.simd} ffn_act={self.ffn_act or 'from file'}"
+            f"float_dot={self.float_dot}/{self.simd}"
         )
 
 

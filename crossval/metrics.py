@@ -65,10 +65,6 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     return np.maximum(np.sum(np.exp(lp) * (lp - lq), axis=-1), 0.0)
 
 
-def top1_agreement(test: np.ndarray, ref: np.ndarray) -> float:
-    """Fraction of rows whose argmax is the same."""
-    a, b = _pair(test, ref)
-    return float(np.mean(a.argmax(axis=-1) == b.argmax(axis=-1)))
 
 
 def topk_overlap(test: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
@@ -87,10 +83,6 @@ def first_top1_mismatch(test: np.ndarray, ref: np.ndarray) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def row_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-row (position) nmse, pearson, cosine and max_abs_rel of two (T, width) arrays, vectorised."""
-    a, b = _pair(test, ref)
-    return _stats(a, b, axis=1)
 
 
 def _stats(a: np.ndarray, b: np.ndarray, axis: int | None) -> dict[str, np.ndarray]:
@@ -124,14 +116,6 @@ def compare(test: np.ndarray, ref: np.ndarray) -> tuple[dict[str, float], dict[s
     return whole, _stats(a, b, axis=1)
 
 
-def tensor_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Whole-tensor nmse, pearson, cosine and max_abs_rel."""
-    return {
-        "nmse": nmse(test, ref),
-        "pearson": pearson(test, ref),
-        "cosine": cosine(test, ref),
-        "max_abs_rel": max_abs_rel(test, ref),
-    }
 
 
 def logit_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,7 +6,6 @@ bitnet_ref's trace hook fires `trace(point, layer, array)` with llama.cpp's name
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 HEAD_LAYER = -1  # layer index of result_norm / result_output
@@ -45,9 +44,6 @@ POINTS: tuple[Point, ...] = (
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
 LAYER_POINTS = tuple(p.name for p in POINTS if p.per_layer)
 HEAD_POINTS = tuple(p.name for p in POINTS if not p.per_layer)
-FFN_POINTS = ("ffn_norm", "ffn_gate", "ffn_up", "ffn_sub_out", "ffn_sub_norm", "ffn_down")
-
-_LLAMA_NAME = re.compile(r"^(?P<point>[A-Za-z_]+?)(?:-(?P<layer>\d+))?$")
 
 
 def all_points(n_layer: int) -> list[tuple[str, int]]:
@@ -56,9 +52,6 @@ def all_points(n_layer: int) -> list[tuple[str, int]]:
     return out + [(p, HEAD_LAYER) for p in HEAD_POINTS]
 
 
-def order_key(point: str, layer: int, n_layer: int) -> tuple[int, int]:
-    """Sort key giving graph order: layer first (head after the last layer), then point order."""
-    return (n_layer if layer == HEAD_LAYER else layer, [p.name for p in POINTS].index(point))
 
 
 def llama_name(point: str, layer: int) -> str:
@@ -66,15 +59,6 @@ def llama_name(point: str, layer: int) -> str:
     return point if layer == HEAD_LAYER else f"{point}-{layer}"
 
 
-def parse_llama_name(name: str) -> tuple[str, int] | None:
-    """(point, layer) for a llama.cpp tensor name that is a capture point, else None."""
-    m = _LLAMA_NAME.match(name)
-    if not m or m["point"] not in BY_NAME:
-        return None
-    point = BY_NAME[m["point"]]
-    if point.per_layer != (m["layer"] is not None):
-        return None
-    return point.name, int(m["layer"]) if m["layer"] is not None else HEAD_LAYER
 
 
 def pick_op(point: str, ops_seen: list[str]) -> str | None:

@@ -24,7 +24,8 @@ import pytest
 from bitnet_ref import synth
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import ConfigError, ContextOverflowError, EngineError, TokenRangeError, UnsupportedFormatError
-from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.gguf_writer import GGUFWriter
 from bitnet_ref.kernels import dense, ternary
 from bitnet_ref.model import load_model
 from bitnet_ref.numerics import PROFILES
@@ -312,7 +313,7 @@ def test_numerics_profiles_are_explicit():
     assert (g.kv_dtype, b.kv_dtype) == ("f16", "f32") and g.round_q_f16 and not b.round_softmax_f16
     assert g.lanes in (8, 16) and "\n" not in str(g) and str(b).startswith("bitnet:")
     assert [g.replace(simd=s).lanes for s in ("avx2", "avx512", "avx512bf16")] == [8, 16, 16]
-    assert set(g.describe()) >= {"name", "activation", "kv_dtype", "rope_theta", "expf", "simd", "ffn_act"}
+    assert set(g.describe()) >= {"name", "activation", "kv_dtype", "rope_theta", "expf", "simd"}
     with pytest.raises(ConfigError, match="kv_dtype"):
         g.replace(kv_dtype="f8")
 
