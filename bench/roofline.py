@@ -2,7 +2,7 @@
 
 A decoded token reads every weight matrix once (at its stored width, the output head included), one row of the
 token embedding, the norms, and the K and V cache of every past position; decode cannot beat
-bandwidth / bytes-per-token (PERFORMANCE.md: 2B-4T = 1.178 GB/token of ternary weights + F16 head).
+bandwidth / bytes-per-token (docs/PERFORMANCE.md §1: 2B-4T = 1.178 GB/token of ternary weights + F16 head).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bitnet_ref import constants as C
 from bitnet_ref import formats
 from bitnet_ref.constants import GGMLType
 
-KV_BYTES = 2  # llama.cpp's default KV cache type is f16 (PERFORMANCE.md counts the cache at f16)
+KV_BYTES = 2  # llama.cpp's default KV cache type is f16 (docs/PERFORMANCE.md §1 counts the cache at f16)
 BUFFER_BYTES = 256 << 20  # ≫ any L3 of this machine kind (32 MiB), so passes stream from DRAM
 CHUNKS = 64  # work items of the parallel read; more than threads so the load balances
 

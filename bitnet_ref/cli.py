@@ -38,7 +38,7 @@ from bitnet_ref.constants import (
 )
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.generate import GenerationResult, generate, warmup
-from bitnet_ref.gguf_file import GGUFFile, read_gguf
+from bitnet_ref.gguf_reader import GGUFFile, read_gguf
 from bitnet_ref.model import load_model
 from bitnet_ref.numerics import PROFILES
 from bitnet_ref.sampling import SamplerConfig, make_rng, resolve_seed

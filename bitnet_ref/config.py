@@ -1,10 +1,10 @@
-"""ModelConfig: the hyperparameters of a BitNet GGUF, every default and derived choice explicit (FORMATS.md §8, §9).
+"""ModelConfig: a BitNet GGUF's hyperparameters, every default and derived choice explicit (docs/FORMATS.md §8, §9).
 
 Defaults follow llama.cpp (as vendored by llama-cpp-python 0.3.36) for `general.architecture = "bitnet"`:
 head_count_kv = head_count, key_length = value_length = n_embd / n_head, rope.dimension_count = head_dim,
 rope.freq_base = 10000; the fork architectures `bitnet-25` and `bitnet-b1.58` read the same keys under their own prefix.
-FFN activation (NUMERICS.md §11): an explicit override, else `<arch>.hidden_activation` ("relu2" or "silu"), else the
-architecture (`bitnet`: SiLU, as llama.cpp computes it; `bitnet-25` / `bitnet-b1.58`: relu², as 2B-4T was trained).
+FFN activation (docs/NUMERICS.md §11): an explicit override, else `<arch>.hidden_activation` ("relu2" or "silu"), else
+the architecture (`bitnet`: SiLU, as llama.cpp computes it; `bitnet-25` / `bitnet-b1.58`: relu², as 2B-4T was trained).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from enum import IntEnum
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
 GGUF_DEFAULT_ALIGNMENT = 32
+GGML_MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
 
 
 class ValueType(IntEnum):
@@ -76,7 +77,7 @@ class FileType(IntEnum):
     MOSTLY_TQ2_0 = 37
 
 
-# bitnet.cpp's fork numbers these differently (FORMATS.md §2); 40 is I2_S there, Q1_0 in mainline.
+# bitnet.cpp's fork numbers these differently (docs/FORMATS.md §2); 40 is I2_S there, Q1_0 in mainline.
 FORK_FILE_TYPE_TL1 = 38
 FORK_FILE_TYPE_TL2 = 39
 FORK_FILE_TYPE_I2_S = 40
@@ -153,5 +154,5 @@ TENSOR_FFN_GATE = "blk.{i}.ffn_gate.weight"
 TENSOR_FFN_UP = "blk.{i}.ffn_up.weight"
 TENSOR_FFN_SUB_NORM = "blk.{i}.ffn_sub_norm.weight"
 TENSOR_FFN_DOWN = "blk.{i}.ffn_down.weight"
-# bitnet.cpp keeps a TL1/TL2 weight's scale in a 1-element F32 tensor `<name>_scale` (FORMATS.md §3.5)
+# bitnet.cpp keeps a TL1/TL2 weight's scale in a 1-element F32 tensor `<name>_scale` (docs/FORMATS.md §3.5)
 TL_SCALE_SUFFIX = "_scale"

@@ -1,10 +1,10 @@
 """The BitNet b1.58 forward pass: Weights (views into the memory-mapped GGUF), KVCache, RunState, Model.forward.
 
-`Model.forward` reads top to bottom like NUMERICS.md §2 and llama.cpp's `bitnet` graph (§6); each linear goes
-through a small dispatch table, keyed by (weight type, activation kind of the numerics profile), to a kernel that
-reads the packed weights in place. `trace(name, layer, array)` fires where llama.cpp's eval callback sees a tensor
-of that name, with the same meaning; where llama.cpp has several nodes of one name, the last one is traced (Qcur,
-Kcur: after RoPE; Vcur: the matmul output, or its `.scale` product).
+`Model.forward` reads top to bottom like docs/NUMERICS.md §2 and llama.cpp's `bitnet` graph (docs/NUMERICS.md §6); each
+linear goes through a small dispatch table, keyed by (weight type, activation kind of the numerics profile), to a kernel
+that reads the packed weights in place. `trace(name, layer, array)` fires where llama.cpp's eval callback sees a tensor
+of that name, with the same meaning; where llama.cpp has several nodes of one name, the last one is traced (Qcur, Kcur:
+after RoPE; Vcur: the matmul output, or its `.scale` product).
 """
 
 from __future__ import annotations
@@ -461,7 +461,7 @@ class Model:
         inp = Input(x)  # BitNet: gate and up quantize the same ffn_norm output
         self._matmul(layer.ffn_gate, inp, gate, "ffn_gate", il, trace)  # gate: (T, n_ff)
         self._matmul(layer.ffn_up, inp, up, "ffn_up", il, trace)  # up: (T, n_ff)
-        # BitNet: relu² for 2B-4T (llama.cpp's bitnet graph computes SiLU; NUMERICS.md §11)
+        # BitNet: relu² for 2B-4T (llama.cpp's bitnet graph computes SiLU; docs/NUMERICS.md §11)
         if c.ffn_act == "relu2":
             activation.relu2_glu(gate, up, f)  # f: (T, n_ff)
         else:

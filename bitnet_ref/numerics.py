@@ -40,7 +40,7 @@ def host_simd() -> str:
 
 @dataclass(frozen=True)
 class Numerics:
-    """One explicit set of arithmetic choices; see the module docstring and NUMERICS.md."""
+    """One explicit set of arithmetic choices; see the module docstring and docs/NUMERICS.md."""
 
     name: str
     # activation format fed to each weight type's linear: (weight type name, kind) pairs, kind in ACTIVATION_KINDS

@@ -49,8 +49,10 @@ from bitnet_ref.constants import (
     ValueType,
 )
 from bitnet_ref.errors import ConfigError, FileAccessError
+from bitnet_ref.files import check_writable, open_file
 from bitnet_ref.formats import i2_s, tq2_0
-from bitnet_ref.gguf_file import GGUFWriter, check_writable, open_file, read_gguf
+from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.gguf_writer import GGUFWriter
 from bitnet_ref.vocab import build_vocabulary
 
 SYNTH_VERSION = 1  # bump whenever the bytes for the same arguments change; part of every cache key
@@ -72,7 +74,7 @@ FILE_TYPES = {
     "q8_0": int(FileType.MOSTLY_Q8_0),
     "tq1_0": int(FileType.MOSTLY_TQ1_0),
     "tq2_0": int(FileType.MOSTLY_TQ2_0),
-    "i2_s": FORK_FILE_TYPE_I2_S,  # bitnet.cpp's numbering (FORMATS.md §2)
+    "i2_s": FORK_FILE_TYPE_I2_S,  # bitnet.cpp's numbering (docs/FORMATS.md §2)
 }
 ROW_BLOCKS = {"q8_0": 32, "tq1_0": 256, "tq2_0": 256, "i2_s": i2_s.BLOCK_X86}  # K must be a multiple of these
 RMS_EPS = 1e-5
@@ -299,7 +301,7 @@ def _check_blocks(dims: Dims, fmt: str) -> None:
 
 
 def _arch_metadata(dims: Dims, fmt: str, arch: str, preset: str, seed: int) -> list:
-    """general.* and <arch>.* keys (FORMATS.md §9) and the bitnet_ref.synth.* provenance keys."""
+    """general.* and <arch>.* keys (docs/FORMATS.md §9) and the bitnet_ref.synth.* provenance keys."""
     u32, f32, s = (ValueType.UINT32,), (ValueType.FLOAT32,), (ValueType.STRING,)
     a = {"arch": arch}
     return [

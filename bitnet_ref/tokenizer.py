@@ -41,7 +41,7 @@ from bitnet_ref.constants import (
     TokenType,
 )
 from bitnet_ref.errors import TokenizerError, TokenRangeError
-from bitnet_ref.gguf_file import read_gguf
+from bitnet_ref.gguf_reader import read_gguf
 
 KEY_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
 KEY_EOT_ID = "tokenizer.ggml.eot_token_id"
@@ -201,27 +201,29 @@ def pre_tokenize(text: str, kind: str) -> list[str]:
 # GPT-2's byte alphabet
 
 
-def _byte_chars() -> tuple[str, ...]:
-    """GPT-2's printable character for each byte 0..255 (unicode_byte_to_utf8_map)."""
-    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = {}, 0
+@lru_cache(maxsize=1)
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable unicode character (unicode_byte_to_utf8_map), in GPT-2's order:
+    the printable bytes first, each standing for itself, then the other 68 as U+0100, U+0101, ... in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
     for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
             extra += 1
-    return tuple(chars[b] for b in range(256))
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-BYTE_CHARS = _byte_chars()
+BYTE_CHARS = tuple(byte_to_unicode()[b] for b in range(256))  # the same alphabet indexed by byte
 _BYTE_OF_CHAR = {c: b for b, c in enumerate(BYTE_CHARS)}
 _LATIN1_TO_BYTE_CHAR = str.maketrans({b: c for b, c in enumerate(BYTE_CHARS)})
 
 
-def _byte_encode(word: str) -> str:
-    """The word's UTF-8 bytes spelled in GPT-2's byte alphabet."""
-    return word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTE_CHAR)
+def encode_bytes(text: str) -> str:
+    """A string's UTF-8 bytes spelled in GPT-2's byte alphabet (how byte-level BPE tokens and merges are written)."""
+    return text.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTE_CHAR)
 
 
 def _byte_text(b: int) -> str:
@@ -653,7 +655,7 @@ class Tokenizer:
 
     def _bpe_word(self, word: str) -> list[int]:
         """Token ids of one pre-tokenized word."""
-        spelled = _byte_encode(word)
+        spelled = encode_bytes(word)
         if self.ignore_merges and spelled in self._ids:
             return [self._ids[spelled]]
         ids = []

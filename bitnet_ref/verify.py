@@ -7,19 +7,22 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from bitnet_ref import formats
 from bitnet_ref.config import ModelConfig
-from bitnet_ref.constants import KEY_ARCHITECTURE, GGMLType
-from bitnet_ref.errors import BitnetRefError, FileAccessError
+from bitnet_ref.constants import KEY_ARCHITECTURE, TL_SCALE_SUFFIX, GGMLType
+from bitnet_ref.errors import BitnetRefError, FileAccessError, ScaleError
 from bitnet_ref.formats import i2_s
-from bitnet_ref.gguf_file import GGUFFile, TensorInfo, check_scales, read_gguf
+from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
 
 CHUNK_ELEMENTS = 1 << 22  # verify decodes big tensors in row chunks of about this many elements
 TERNARY_CHECKED = (GGMLType.TQ1_0, GGMLType.TQ2_0, GGMLType.I2_S)
 TL_TYPES = (GGMLType.TL1, GGMLType.TL2)
+_F16 = np.dtype("<f2")
+_F32 = np.dtype("<f4")
 
 
 class VerifyProblem(Exception):
@@ -160,3 +163,54 @@ def _check_i2_s_codes(info: TensorInfo, raw: np.ndarray) -> None:
         raise VerifyProblem(
             f"tensor {info.name!r} byte {byte} (block {byte // (i2_s.BLOCK_X86 // 4)}) holds code 3, never written"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Scales of ternary tensors
+
+
+def check_scales(gguf: GGUFFile) -> None:
+    """Read every scale of every ternary tensor; ScaleError names the first negative, NaN or infinite one."""
+    for info in gguf.tensors.values():
+        if info.type in (GGMLType.TQ1_0, GGMLType.TQ2_0):
+            _check(gguf, info.name, _block_scales(gguf.tensor_bytes(info.name), formats.get(info.type)), per_block=True)
+        elif info.type == GGMLType.I2_S:
+            _check(gguf, info.name, _i2_s_scale(gguf.tensor_bytes(info.name), info), per_block=False)
+        elif info.type in TL_TYPES:
+            _check(gguf, info.name + TL_SCALE_SUFFIX, _tl_scale(gguf, info), per_block=False)
+
+
+def _block_scales(raw: np.ndarray, fmt: ModuleType) -> np.ndarray:
+    """Strided view of each block's f16 d, the last field of a TQ1_0/TQ2_0 block."""
+    n_blocks = raw.size // fmt.BLOCK_BYTES
+    d_offset = fmt.BLOCK_BYTES - _F16.itemsize
+    return np.ndarray((n_blocks,), dtype=_F16, buffer=raw, offset=d_offset, strides=(fmt.BLOCK_BYTES,))
+
+
+def _i2_s_scale(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """The f32 scale of an I2_S tensor, at byte n/4 (right after the codes, docs/FORMATS.md §3.1)."""
+    start = info.nbytes - i2_s.TRAILER_BYTES
+    return raw[start : start + _F32.itemsize].view(_F32)
+
+
+def _tl_scale(gguf: GGUFFile, info: TensorInfo) -> np.ndarray:
+    """The value of the `<name>_scale` tensor of a TL1/TL2 weight."""
+    scale = gguf.tensors.get(info.name + TL_SCALE_SUFFIX)
+    if scale is None or scale.type != GGMLType.F32 or scale.n_elements != 1:
+        found = None if scale is None else (scale.type.name, scale.shape)
+        raise ScaleError(
+            gguf.path,
+            f"tensor {info.name + TL_SCALE_SUFFIX!r}",
+            found,
+            f"a 1-element F32 tensor holding the scale of {info.name!r}",
+        )
+    return gguf.tensor_bytes(scale.name).view(_F32)
+
+
+def _check(gguf: GGUFFile, name: str, scales: np.ndarray, per_block: bool) -> None:
+    """ScaleError for the first scale that is negative, NaN or infinite."""
+    bad = np.flatnonzero(~(scales >= 0) | np.isinf(scales))
+    if bad.size:
+        i = int(bad[0])
+        where = f"tensor {name!r} block {i} scale d" if per_block else f"tensor {name!r} scale"
+        raise ScaleError(gguf.path, where, float(scales[i]), "a finite, non-negative scale")

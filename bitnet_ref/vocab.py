@@ -33,6 +33,7 @@ from bitnet_ref.constants import (
     ValueType,
 )
 from bitnet_ref.errors import ConfigError
+from bitnet_ref.tokenizer import byte_to_unicode, encode_bytes
 
 N_BYTES = 256
 BOS_TEXT = "<|begin_of_text|>"
@@ -99,26 +100,6 @@ class Vocabulary:
             (KEY_ADD_BOS, True, (ValueType.BOOL,)),
             (KEY_ADD_EOS, False, (ValueType.BOOL,)),
         ]
-
-
-@lru_cache(maxsize=1)
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable unicode character, in GPT-2's order (printable bytes first)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(N_BYTES):
-        if b not in printable:
-            printable.append(b)
-            chars.append(N_BYTES + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
-
-
-def encode_bytes(text: str) -> str:
-    """A string's UTF-8 bytes spelled in the byte-to-unicode alphabet (how tokens and merges are written)."""
-    table = byte_to_unicode()
-    return "".join(table[b] for b in text.encode("utf-8"))
 
 
 @lru_cache(maxsize=4)

@@ -58,7 +58,7 @@ class BitnetRefBackend:
 
     def __init__(self, path: str | Path, *, numerics: object = "ggml", n_threads: int = 2, ffn_act: str | None = None,
                  n_ctx: int | None = None):
-        from bitnet_ref.gguf_file import read_gguf
+        from bitnet_ref.gguf_reader import read_gguf
         from bitnet_ref.model import load_model
         from bitnet_ref.tokenizer import Tokenizer
 

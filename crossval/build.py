@@ -4,7 +4,8 @@ llama.cpp reports its compile-time CPU features as one line (`llama_print_system
 `CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | ... | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |`). Its
 float kernels follow those flags, not the host's: a wheel built elsewhere, or with other CMAKE_ARGS, computes what it
 was compiled for. The ggml profile picks its lane widths, reduction trees and BF16 dot from this line
-(docs/NUMERICS-AVX2.md and docs/NUMERICS.md of the project); a build it does not emulate is named, never guessed.
+(docs/NUMERICS.md §4, docs/NUMERICS-AVX2.md, docs/NUMERICS-AVX512.md §0); a build it does not emulate is named, never
+guessed.
 
 Weights that llama.cpp moved to an extra buffer type (CPU_REPACK's interleaved layouts, AMX tiles) run other kernels
 than the plain CPU path the profile emulates; `weight_paths` names them.

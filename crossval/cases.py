@@ -112,7 +112,7 @@ def _relu2_cases(presets, profiles) -> list[Case]:
 
 def user_cases(path: str, profiles=PROFILES, prompts=("hello", "mixed", "long")) -> list[Case]:
     """A user's GGUF (BITNET_GGUF): every profile and prompt, 2 threads."""
-    from bitnet_ref.gguf_file import read_gguf
+    from bitnet_ref.gguf_reader import read_gguf
 
     with read_gguf(path) as g:
         types = {t.type for t in g.tensors.values()}
@@ -129,7 +129,7 @@ def matrix(*, quick: bool = False, with_2b4t: bool = False, user_model: str | No
         cases += _relu2_cases(("tiny",), ("ggml",))
     else:
         # the full product on tiny; small at 2 threads (plus 1 thread on TQ2_0): neither engine's numbers depend on
-        # the thread count (NUMERICS.md §4.1), so the second count only guards against races, cheaply
+        # the thread count (docs/NUMERICS.md §4.1), so the second count only guards against races, cheaply
         cases = _synth_cases(("tiny",), FORMATS, tuple(PROMPTS), PROFILES, THREADS)
         cases += _synth_cases(("small",), FORMATS, tuple(PROMPTS), PROFILES, (2,))
         cases += _synth_cases(("small",), ("tq2_0",), tuple(PROMPTS), PROFILES, (1,))
@@ -153,7 +153,7 @@ def engine_model(case: Case) -> Path:
 
 def llama_model(case: Case, engine_path: Path) -> Path:
     """The GGUF llama.cpp loads: the engine's file, its TQ2_0 twin (I2_S), or an arch-`bitnet` relabelled copy."""
-    from bitnet_ref.gguf_file import read_gguf
+    from bitnet_ref.gguf_reader import read_gguf
     from bitnet_ref.synth import tq2_0_twin
 
     with read_gguf(engine_path) as g:
@@ -168,7 +168,8 @@ def llama_model(case: Case, engine_path: Path) -> Path:
 
 def relabelled_copy(src: Path) -> Path:
     """A byte-identical-tensor copy of src with arch `bitnet` (`<arch>.*` keys renamed), cached beside it."""
-    from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+    from bitnet_ref.gguf_reader import read_gguf
+    from bitnet_ref.gguf_writer import GGUFWriter
 
     out = src.with_name(src.name.removesuffix(".gguf") + RELABEL_SUFFIX)
     if out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:

@@ -1,9 +1,9 @@
 """llama.cpp through llama-cpp-python's low-level API; the only module that imports llama_cpp.
 
-Matching settings (NUMERICS.md §4.9, §8): flash attention off unless asked (recorded), one ubatch for the whole
+Matching settings (docs/NUMERICS.md §4.9, §8): flash attention off unless asked (recorded), one ubatch for the whole
 prompt (n_batch = n_ubatch = n_ctx), logits for every position, the KV cache cleared before every call.
-Activations come from the scheduler's eval callback (§7): tensors are read through the ggml library instance that
-libllama itself loaded, wanted names answer True in the ask phase, and the data phase always answers True.
+Activations come from the scheduler's eval callback (docs/NUMERICS.md §7): tensors are read through the ggml library
+instance that libllama itself loaded, wanted names answer True in the ask phase, and the data phase always answers True.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as L
 import numpy as np
 
+from bitnet_ref.constants import GGML_MAX_DIMS
 from crossval import points as P
 from crossval.backends import BackendError
 
@@ -26,7 +27,6 @@ LIB_DIR = Path(llama_cpp.__file__).resolve().parent / "lib"
 GGML_BASE_SONAME = "libggml-base.so.0"  # libllama's DT_NEEDED name: the same instance (the .so copy is a second one)
 FLASH_ATTN_AUTO, FLASH_ATTN_DISABLED, FLASH_ATTN_ENABLED = -1, 0, 1
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
-GGML_MAX_DIMS = 4
 GGML_MAX_SRC = 10
 
 

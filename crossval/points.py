@@ -1,4 +1,4 @@
-"""Capture points and the map between the engines (NUMERICS.md §6).
+"""Capture points and the map between the engines (docs/NUMERICS.md §6).
 
 bitnet_ref's trace hook fires `trace(point, layer, array)` with llama.cpp's names; llama.cpp's eval callback sees
 `<point>-<layer>` (plain `<point>` for the head) and several nodes per name, told apart by their op.

@@ -287,7 +287,7 @@ def point_groups(engine: Backend, n_layer: int, n_tokens: int) -> list[list[tupl
 
 
 def activation_probe(acts: dict) -> str | None:
-    """Which FFN activation an engine computed (NUMERICS.md §11 probe): ffn_sub_out-0 against silu(gate)·up and
+    """Which FFN activation an engine computed (docs/NUMERICS.md §11 probe): ffn_sub_out-0 against silu(gate)·up and
     relu²(gate)·up from the same engine's ffn_gate-0 / ffn_up-0; None when no candidate explains it."""
     keys = [(p, 0) for p in ("ffn_gate", "ffn_up", "ffn_sub_out")]
     if not all(k in acts for k in keys):
@@ -350,7 +350,7 @@ def sha256(path: Path) -> str:
 def model_context(path: Path) -> int:
     """The training context length a GGUF declares."""
     from bitnet_ref.config import ModelConfig
-    from bitnet_ref.gguf_file import read_gguf
+    from bitnet_ref.gguf_reader import read_gguf
 
     with read_gguf(path) as g:
         return ModelConfig.from_gguf(g).n_ctx

@@ -1,6 +1,6 @@
 """Build GGUF bytes in memory for tests, field by field, with every field overridable (hostile files included).
 
-Independent of bitnet_ref's writer on purpose: the encoding here follows FORMATS.md §1 directly, so round trips
+Independent of bitnet_ref's writer on purpose: the encoding here follows docs/FORMATS.md §1 directly, so round trips
 through it test the reader against the spec, not against the writer's own mistakes.
 """
 

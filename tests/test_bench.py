@@ -9,15 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench import cases as C
 from bench import roofline as R
 from bench import run as B
+from bench import stats as S
 from bitnet_ref import formats
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import TENSOR_OUTPUT, TENSOR_TOKEN_EMBD, GGMLType
 from reports.records import list_runs, read_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
-TERNARY_2B4T = 2_084_044_800  # PERFORMANCE.md: ternary weights of BitNet b1.58 2B-4T
+TERNARY_2B4T = 2_084_044_800  # docs/PERFORMANCE.md §1: ternary weights of BitNet b1.58 2B-4T
 
 
 def config_2b4t(tied: bool = True) -> ModelConfig:
@@ -38,7 +40,7 @@ def test_roofline_2b4t_matches_performance_md() -> None:
     assert round((tb.ternary + tb.head) / 1e9, 3) == 1.178
     assert tb.kv_per_pos == 76_800
     assert tb.other == 30 * (3 * 2560 + 6912) * 4 + 2560 * 4  # f32 norms (the tied head holds the embedding row)
-    assert 30 <= R.bound_tok_s(tb.weights, 36) < 31  # PERFORMANCE.md: ≈ 30 tok/s at 36 GB/s
+    assert 30 <= R.bound_tok_s(tb.weights, 36) < 31  # docs/PERFORMANCE.md §1: ≈ 30 tok/s at 36 GB/s
     assert 51 <= R.bound_tok_s(tb.weights, 62) <= 54
     tq2 = R.token_bytes(R.planned_tensors(config_2b4t().expected_tensors(), GGMLType.TQ2_0, GGMLType.F16))
     assert tq2.ternary == TERNARY_2B4T // 256 * 66  # TQ2_0: 2.0625 bits per weight
@@ -55,7 +57,7 @@ def test_roofline_untied_head_reads_one_embedding_row() -> None:
 
 
 def test_roofline_of_a_file_counts_stored_bytes(tmp_path: Path) -> None:
-    from bitnet_ref.gguf_file import read_gguf
+    from bitnet_ref.gguf_reader import read_gguf
     from bitnet_ref.synth import synth_model
 
     path = synth_model(tmp_path / "tiny.gguf", preset="tiny", fmt="tq1_0")
@@ -76,12 +78,12 @@ def test_bandwidth_measures_something() -> None:
 
 
 def test_phases_are_named_by_their_capped_lengths() -> None:
-    s = B.Settings()
+    s = C.Settings()
     assert [p.name for p in s.phases(4096)] == ["pp128", "pp512", "tg128", "ttft"]
     tiny = s.phases(256)
     assert [(p.name, p.n) for p in tiny] == [("pp128", 128), ("pp256", 256), ("tg128", 128), ("ttft", 0)]
-    assert B._context_for(tiny, 256) == 256 and B._context_for(s.phases(4096), 4096) == 512
-    req = B._requests(tiny, n_vocab=512, bos=510, seed=0)
+    assert C.context_for(tiny, 256) == 256 and C.context_for(s.phases(4096), 4096) == 512
+    req = C.requests(tiny, n_vocab=512, bos=510, seed=0)
     assert req["pp256"]["tokens"][:128] == req["pp128"]["tokens"] and req["pp128"]["tokens"][0] == 510
     assert len(req["tg128"]["tokens"]) == 128 and req["ttft"]["kind"] == "ttft"
 
@@ -100,7 +102,7 @@ def _samples() -> pd.DataFrame:
 
 
 def test_summarize_excludes_warmup_and_computes_speed_ratio() -> None:
-    s = B.summarize(_samples()).set_index(["engine", "metric"])
+    s = S.summarize(_samples()).set_index(["engine", "metric"])
     assert s.loc[("bitnet_ref", "tg128"), "n"] == 3
     assert s.loc[("bitnet_ref", "tg128"), "median"] == pytest.approx(50.0)
     assert s.loc[("bitnet_ref", "tg128"), "min"] == pytest.approx(45.0)
@@ -116,11 +118,11 @@ def _fixture_summary() -> pd.DataFrame:
 
 def test_baseline_unchanged_passes_and_planted_slowdown_is_flagged() -> None:
     base = _fixture_summary()
-    assert B.compare_to_baseline(base, base).empty
+    assert S.compare_to_baseline(base, base).empty
     slow = base.copy()
     ref_tg = (slow["engine"] == "bitnet_ref") & slow["metric"].str.startswith("tg")
     slow.loc[ref_tg, ["median", "min", "max", "ratio"]] *= 0.5  # bitnet_ref decodes at half speed
-    reg = B.compare_to_baseline(slow, base, tolerance=0.2, abs_tolerance=0.4)
+    reg = S.compare_to_baseline(slow, base, tolerance=0.2, abs_tolerance=0.4)
     assert set(reg["metric"].str[:2]) == {"tg"} and set(reg["engine"]) == {"bitnet_ref"}
     assert (reg["change_pct"].round(6) == -50).all()
     flagged = reg[reg["status"] == "regression"]
@@ -128,11 +130,11 @@ def test_baseline_unchanged_passes_and_planted_slowdown_is_flagged() -> None:
     assert (flagged["noise_pct"] < 50).all() and (reg.loc[reg["status"] != "regression", "noise_pct"] >= 50).all()
     small = base.copy()
     small.loc[ref_tg, ["median", "ratio"]] *= 0.9  # within tolerance: not a regression
-    assert B.compare_to_baseline(small, base).empty
+    assert S.compare_to_baseline(small, base).empty
     ttft = base.copy()
     ref_ttft = (ttft["engine"] == "bitnet_ref") & (ttft["metric"] == "ttft")
     ttft.loc[ref_ttft, "median"] *= 3  # three times longer to the first token
-    assert set(B.compare_to_baseline(ttft, base)["metric"]) == {"ttft"}
+    assert set(S.compare_to_baseline(ttft, base)["metric"]) == {"ttft"}
 
 
 def test_fixture_regression_run_flags_the_planted_slowdown() -> None:
@@ -144,7 +146,7 @@ def test_fixture_regression_run_flags_the_planted_slowdown() -> None:
     reg = tables["regressions"]
     assert set(reg["engine"]) == {"bitnet_ref"} and set(reg["metric"].str[:2]) == {"tg"}
     assert set(reg.loc[reg["status"] == "regression", "kind"]) == {"ratio", "absolute"}
-    assert B.compare_to_baseline(tables["summary"], _fixture_summary()).shape == reg.shape
+    assert S.compare_to_baseline(tables["summary"], _fixture_summary()).shape == reg.shape
 
 
 def test_drop_within_the_repetitions_spread_is_inconclusive() -> None:
@@ -153,8 +155,8 @@ def test_drop_within_the_repetitions_spread_is_inconclusive() -> None:
     base = pd.DataFrame([{**row, "median": 100.0, "ratio": 0.5, "spread": 0.8, "ratio_spread": 0.9}])
     quiet = pd.DataFrame([{**row, "median": 100.0, "ratio": 0.5, "spread": 0.05, "ratio_spread": 0.1}])
     cur = pd.DataFrame([{**row, "median": 70.0, "ratio": 0.35, "spread": 0.05, "ratio_spread": 0.1}])
-    assert set(B.compare_to_baseline(cur, base)["status"]) == {"inconclusive"}
-    reg = B.compare_to_baseline(cur, quiet)
+    assert set(S.compare_to_baseline(cur, base)["status"]) == {"inconclusive"}
+    reg = S.compare_to_baseline(cur, quiet)
     assert list(reg["kind"]) == ["ratio"] and list(reg["status"]) == ["regression"]  # absolute: within 40 %
     assert B._verdict(reg, [], cur) == "regression" and B._verdict(reg.iloc[0:0], [], cur) == "pass"
 

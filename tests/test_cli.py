@@ -17,7 +17,7 @@ import pytest
 from bitnet_ref import cli, synth, verify
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.formats import tq2_0
-from bitnet_ref.gguf_file import read_gguf
+from bitnet_ref.gguf_reader import read_gguf
 
 LINEAR = "blk.1.attn_v.weight"
 VOCAB_GGUF = Path(__file__).resolve().parent / "fixtures" / "vocab" / "ggml-vocab-llama-bpe.gguf"

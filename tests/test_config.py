@@ -10,7 +10,8 @@ import pytest
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import GGMLType, ValueType
 from bitnet_ref.errors import ConfigError
-from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.gguf_writer import GGUFWriter
 
 E, FF, HEADS, KV_HEADS, LAYERS, VOCAB, CTX = 64, 128, 4, 2, 2, 16, 32
 

@@ -1,5 +1,5 @@
-"""The reference's build decides the ggml profile's emulation: the system-info lines of the hosts this project runs
-on (docs/HOSTS of the project), builds it does not emulate, and weights in extra buffer types."""
+"""The reference's build decides the ggml profile's emulation: the system-info lines of the hosts this project runs on
+(docs/NUMERICS.md §12.1, docs/NUMERICS-AVX512.md §0), builds it does not emulate, and weights in extra buffer types."""
 
 import pytest
 

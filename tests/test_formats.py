@@ -241,7 +241,7 @@ def i2_s_codes(t: np.ndarray) -> np.ndarray:
 
 
 def test_i2_s_x86_block_by_hand() -> None:
-    # FORMATS.md 3.1: byte p of a block holds elements p (bits 7-6), p+32 (5-4), p+64 (3-2), p+96 (1-0)
+    # docs/FORMATS.md §3.1: byte p of a block holds elements p (bits 7-6), p+32 (5-4), p+64 (3-2), p+96 (1-0)
     t = np.zeros((2, 128), dtype=np.int8)
     t[0, :32], t[0, 64:96], t[0, 96:] = 1, -1, 1  # row 0 = block 0: codes 2, 1, 0, 2 in every byte
     t[1, 37] = 1  # block 1, element 37: byte 32 + 5, bits 5-4
@@ -260,7 +260,7 @@ def test_i2_s_x86_block_by_hand() -> None:
 
 
 def test_i2_s_arm_block_by_hand() -> None:
-    # FORMATS.md 3.2: byte p of a 64-block holds elements p (7-6), p+16 (5-4), p+32 (3-2), p+48 (1-0)
+    # docs/FORMATS.md §3.2: byte p of a 64-block holds elements p (7-6), p+16 (5-4), p+32 (3-2), p+48 (1-0)
     t = np.zeros((1, 128), dtype=np.int8)
     t[0, 37] = 1  # block 0, element 37 = 32 + 5: byte 5, bits 3-2
     t[0, 64 + 16] = -1  # block 1, element 16: byte 16 + 0, bits 5-4
@@ -275,7 +275,7 @@ def test_i2_s_matches_the_spec_reshape_chain() -> None:
     rng = np.random.default_rng(2)
     t = rng.integers(-1, 2, (24, 384), dtype=np.int8)
     raw = i2_s.encode_ternary(t, 1.5)
-    q = raw[: t.size // 4].reshape(-1, 32)  # FORMATS.md 3.1 decode recipe, verbatim
+    q = raw[: t.size // 4].reshape(-1, 32)  # docs/FORMATS.md §3.1 decode recipe, verbatim
     code = (q[:, None, :] >> np.array([6, 4, 2, 0], dtype=np.uint8)[:, None]) & 3
     assert np.array_equal(code.reshape(24, 384).astype(np.int8) - 1, t)
 

@@ -3,7 +3,7 @@
 The converter (utils/convert-hf-to-gguf-bitnet.py: process_tl1, preprocess_three_weights_tl2,
 preprocess_two_weights_tl2) lays bytes out by a chain of reshape/transpose steps. Here each chain is written as a table
 of (shape, axes) steps and replayed on arrays of element indices, which says which pair / triple every nibble and sign
-bit holds. The format modules compute the same positions from the loop formulas of FORMATS.md 3.4; the tests check
+bit holds. The format modules compute the same positions from the loop formulas of docs/FORMATS.md §3.4; the tests check
 that both give the same bytes and that decoding inverts them.
 """
 
@@ -141,7 +141,7 @@ def test_tl2_matches_preprocess_weights_tl2(m: int, k: int, tiling: tl2.Tiling) 
 
 
 def test_tl2_sign_bits_by_hand() -> None:
-    # FORMATS.md 3.4: bit 15-i of word c is the sign of triple i div 2 in row c + 16*(i mod 2)
+    # docs/FORMATS.md §3.4: bit 15-i of word c is the sign of triple i div 2 in row c + 16*(i mod 2)
     tiling = tl2.Tiling(32, 96, 32)
     t = np.zeros((32, 288), dtype=np.int8)
     t[17, 3 * 2] = -1  # row 17 = c 1 + 16, triple 2: i = 5 in word 1

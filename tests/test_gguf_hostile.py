@@ -27,7 +27,8 @@ from bitnet_ref.errors import (
     UnsupportedVersionError,
     ValueKindError,
 )
-from bitnet_ref.gguf_file import check_scales, read_gguf
+from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.verify import check_scales
 
 V = ValueType
 T = gb.TensorSpec

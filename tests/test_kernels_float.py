@@ -1,7 +1,7 @@
 """Float kernels (norm, rope, attention, activation, dense) against plain numpy twins of the same documented order.
 
-Every ggml-order kernel is compared bit for bit: the twins follow NUMERICS.md §4 step by step in numpy float32, with
-FMA emulated as f32(f64·f64 + f64) (exact product; a double-rounding case would show up as a failure of a seeded
+Every ggml-order kernel is compared bit for bit: the twins follow docs/NUMERICS.md §4 step by step in numpy float32,
+with FMA emulated as f32(f64·f64 + f64) (exact product; a double-rounding case would show up as a failure of a seeded
 case, not as flakiness). The "bitnet"-profile kernels (f32 sums, direct RoPE, libm expf) are compared the same way.
 The tests marked `llama` also compare against ggml's own exported vec functions (libggml-cpu of llama-cpp-python),
 bit for bit where the profile emulates what that build was compiled for (crossval.build.ReferenceBuild), by closeness

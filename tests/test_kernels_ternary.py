@@ -1,8 +1,8 @@
 """Ternary kernels and activation quantizers against plain numpy twins: integer paths and float epilogues exactly.
 
-The twins decode the packed bytes straight from the FORMATS.md layouts, sum in int64 and redo every float step in
-numpy float32 in the kernels' documented order (the FMA of the ggml profile exactly, with a round-to-odd float64
-sum). Outputs are compared with np.array_equal (so -0.0 == 0.0; no NaN is produced by these inputs).
+The twins decode the packed bytes straight from the layouts of docs/FORMATS.md §3.1 and §4, sum in int64 and redo every
+float step in numpy float32 in the kernels' documented order (the FMA of the ggml profile exactly, with a round-to-odd
+float64 sum). Outputs are compared with np.array_equal (so -0.0 == 0.0; no NaN is produced by these inputs).
 """
 
 from __future__ import annotations
@@ -280,13 +280,13 @@ def test_round_f16_arith_matches_numpy():
 
 
 def test_tq1_trit_rule():
-    """The SIMD trit rule [p ≥ 86] + [p ≥ 171] equals FORMATS.md's ((p·3^n mod 256)·3) >> 8 for every byte."""
+    """The SIMD trit rule [p ≥ 86] + [p ≥ 171] equals docs/FORMATS.md §4's ((p·3^n mod 256)·3) >> 8 for every byte."""
     p = np.arange(256)
     assert np.array_equal((3 * p) >> 8, (p >= 86).astype(int) + (p >= 171))
 
 
 def test_layouts_match_the_format_encoders():
-    """The tests' packers agree with bitnet_ref.formats' encoders where those exist (same FORMATS.md layouts)."""
+    """The tests' packers agree with bitnet_ref.formats' encoders where those exist (same docs/FORMATS.md layouts)."""
     from bitnet_ref import formats
 
     rng = np.random.default_rng(0)

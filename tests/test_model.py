@@ -355,7 +355,7 @@ class LlamaRef:
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
 
     def _keep(self, lib, t: int) -> bool:
-        """Copy an f32 node (last node of each (name, op) wins); NUMERICS.md §7 struct offsets."""
+        """Copy an f32 node (last node of each (name, op) wins); docs/NUMERICS.md §7 struct offsets."""
         if ctypes.c_int32.from_address(t).value == 0:
             name = ctypes.string_at(t + 256, 64).split(b"\0")[0].decode()
             ne = [ctypes.c_int64.from_address(t + 16 + 8 * i).value for i in range(4)]

@@ -12,8 +12,10 @@ from bitnet_ref import formats, synth
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import GGMLType, TokenType, ValueType
 from bitnet_ref.errors import ConfigError, FileAccessError
-from bitnet_ref.gguf_file import check_scales, read_gguf
-from bitnet_ref.vocab import TRAINING_TEXT, build_vocabulary, byte_to_unicode, encode_bytes
+from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.tokenizer import byte_to_unicode, encode_bytes
+from bitnet_ref.verify import check_scales
+from bitnet_ref.vocab import TRAINING_TEXT, build_vocabulary
 
 VOCAB_GGUF = Path(__file__).resolve().parent / "fixtures" / "vocab" / "ggml-vocab-llama-bpe.gguf"
 EXACT_FORMATS = ("f32", "f16", "bf16", "tq1_0", "tq2_0", "i2_s")  # hold exactly T * scale

@@ -13,7 +13,8 @@ import pytest
 
 from bitnet_ref.constants import ValueType
 from bitnet_ref.errors import TokenizerError, TokenRangeError
-from bitnet_ref.gguf_file import GGUFWriter, read_gguf
+from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.gguf_writer import GGUFWriter
 from bitnet_ref.tokenizer import (
     _UNICODE_15_ADDITIONS,
     BYTE_CHARS,

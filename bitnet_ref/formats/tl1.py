@@ -1,7 +1,7 @@
 """TL1 (bitnet.cpp type 38, ARM LUT kernels): 4 bits per column pair in a tiled byte order; scale in `<name>_scale`.
 
 Encoding: `t = sign(w)` (|w| < 1e-6 -> 0); columns (2p, 2p+1) of a row form `idx = 3*t[2p] + t[2p+1] + 4` in 0..8.
-Byte order (FORMATS.md 3.4; the converter's `process_tl1` is the ground truth), loops outermost first
+Byte order (docs/FORMATS.md §3.4; the converter's `process_tl1` is the ground truth), loops outermost first
 `tm < M/BM, tk < K/BK, sm < BM/bm, sk < BK/by, m16 < bm/16, kq < by/4, r < 16` with `by = 256/bm`, one byte per step:
 `row = tm*BM + sm*bm + 16*m16 + r`, `pair = tk*BK/2 + sk*by/2 + 2*kq`, `byte = idx[row][pair] << 4 | idx[row][pair+1]`.
 The payload is M*K/4 bytes; the fork's ggml_nbytes adds 32, overlapping the `_scale` tensor.

@@ -5,7 +5,7 @@ Encoding: `t = sign(w)` (|w| < 1e-6 -> 0). With `three_k = (K div BK)*BK` and `t
   stored as a 4-bit magnitude |v| and a sign bit (1 if v < 0);
 - two part, columns `[three_k, K)`: pair code `idx = 3*t[2p] + t[2p+1] + 4` in 0..8, as in TL1.
 Payload = magnitudes (three_k*M/6 bytes), then sign words (three_k*M/24), then the tail (two_k*M/4), zero-padded to the
-converter's allocation `F = (K-256)*M//3*5//8 + 256*M//2*4//8` (= `nbytes`). Byte order (FORMATS.md 3.4; the
+converter's allocation `F = (K-256)*M//3*5//8 + 256*M//2*4//8` (= `nbytes`). Byte order (docs/FORMATS.md §3.4; the
 converter's `preprocess_three_weights_tl2` / `preprocess_two_weights_tl2` are the ground truth), bm = 32, by = 6:
 - magnitudes: loops `tm, tk < three_k/BK, sm < BM/32, sk < BK/6`, one 32-byte group each; byte b holds row
   `tm*BM + sm*32 + ROW_OF_BYTE[b]`, triples `tk*BK/3 + 2*sk` (high nibble) and `+1` (low nibble);
@@ -93,7 +93,7 @@ SETUP_ENV_3B = {
 
 
 def nbytes(shape: tuple[int, ...]) -> int:
-    """Allocation size F of a TL2 tensor as the converter computes it (FORMATS.md 3.4), without the 32-byte pad."""
+    """Allocation size F of a TL2 tensor as the converter computes it (docs/FORMATS.md §3.4), less the 32-byte pad."""
     if len(shape) != 2:
         raise FormatError(f"TL2: expected a 2-D weight, got shape {shape}")
     k, m = shape

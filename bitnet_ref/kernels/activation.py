@@ -1,7 +1,7 @@
 """Gated FFN activations (SwiGLU, relu²-GLU), residual add, and ggml's SIMD expf they and the softmax use.
 
 ggml applies its vector expf to full SIMD chunks of a row and libm expf to the row's `n mod lanes` tail
-(NUMERICS.md §4.11); `lanes` = 8 (AVX2) or 16 (AVX-512) selects both the chunking and the expf variant.
+(docs/NUMERICS.md §4.11); `lanes` = 8 (AVX2) or 16 (AVX-512) selects both the chunking and the expf variant.
 """
 
 from __future__ import annotations

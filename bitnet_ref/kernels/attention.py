@@ -1,4 +1,4 @@
-"""Causal grouped-query attention over the KV cache, flash attention off (NUMERICS.md §4.9).
+"""Causal grouped-query attention over the KV cache, flash attention off (docs/NUMERICS.md §4.9).
 
 Cache layout per layer: K (n_ctx, n_head_kv·head_dim) and V transposed (n_head_kv·head_dim, n_ctx), either f16 bits
 (uint16) or f32. For query t at position p = start_pos + t and head h (KV head h // n_gqa):

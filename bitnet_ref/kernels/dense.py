@@ -4,7 +4,8 @@ out[t, m] = Σ_k W[m, k] · x[t, k]. Weights stay in the memory-mapped file: F16
 Q8_0 as raw blocks. One activation row (decode) dots the F16 bits directly (vcvtph2ps inside the FMA loop); with
 more rows each weight row is decoded once into a small f32 scratch row and dotted with every activation row.
 
-Reduction orders (NUMERICS.md §4.4, §4.5; L = 8 lanes on AVX2, 16 on AVX-512; `vec_dot` variants for the AVX2 trees):
+Reduction orders (docs/NUMERICS.md §4.4, §4.5; L = 8 lanes on AVX2, 16 on AVX-512; `vec_dot` variants for the AVX2
+trees of docs/NUMERICS-AVX2.md §1, §2, §3):
 - "vec" (ggml_vec_dot_f16/f32, one activation column): 4 accumulators of L lanes over full chunks of 4L elements
   (FMA), combined (a0+a2)+(a1+a3), reduced by `reduce_vec`, then the K mod 4L leftovers (in double for F16/BF16,
   in f32 for F32).

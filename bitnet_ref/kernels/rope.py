@@ -20,7 +20,7 @@ def _cache_iterative(pos, theta_scale, half, cos_out, sin_out):
 
 @njit(cache=True)
 def neox(x, positions, n_head, head_dim, n_rot, theta_scale, out):
-    """ggml's ROPE (NEOX): iterative f32 theta, libm cosf/sinf, the two FMAs GCC fuses (NUMERICS.md §4.8)."""
+    """ggml's ROPE (NEOX): iterative f32 theta, libm cosf/sinf, the two FMAs GCC fuses (docs/NUMERICS.md §4.8)."""
     T = x.shape[0]
     half = n_rot // 2
     for t in range(T):

@@ -18,7 +18,7 @@ twin (synth.tq2_0_twin): the same codes, every block's d_w = f16(per-tensor scal
 bitnet profile (`*_i8`, activations from `quantize_i8_rows`: q, s, act_sum):
 - I2_S (x86 128-block layout): sumi = Σ u·q over the row (exact); y = f32(f32(f32(sumi) − f32(act_sum)) / s) · scale,
   f32 ops in this order as bitnet.cpp; the f32 per-tensor scale is read from the tensor bytes at M·K/4. bitnet.cpp's
-  AVX2 int16 lane wrap (NUMERICS §5.1, adversarial inputs only) is not emulated: sums are exact.
+  AVX2 int16 lane wrap (docs/NUMERICS.md §5.1, adversarial inputs only) is not emulated: sums are exact.
 - TQ2_0 / TQ1_0: D_b = Σ_{e in block b} (u_e−1)·q_e (exact); acc = +0f;
   for b in order: acc = f32(acc + f32(f32(D_b)·d_b)) with d_b the block's f16 d; y = f32(acc / s).
   act_sum is unused (per-block Σq is computed once per call).
@@ -300,7 +300,7 @@ def _layout(fmt):
 
 @njit(cache=True)
 def _field_elements(fmt):
-    """E (fields, block bytes): the block element held by field f of block byte j, or -1 (FORMATS.md §3.1, §4)."""
+    """E (fields, block bytes): the block element held by field f of block byte j, or -1 (docs/FORMATS.md §3.1, §4)."""
     F, bb, _ = _layout(fmt)
     E = np.full((F, bb), -1, np.int64)
     for f in range(F):

@@ -1,0 +1,61 @@
+"""Opening files: a missing path, a directory or a FIFO is a FileAccessError naming the file, never a bare OSError."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from bitnet_ref.errors import FileAccessError
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    return next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "not a regular file")
+
+
+def check_readable(path: Path) -> int:
+    """Size of path, which must be an existing regular file (a FIFO would block a reader forever)."""
+    try:
+        st = path.stat()
+    except NotADirectoryError as e:
+        blocker = next((p for p in reversed(path.parents) if p.is_file()), None)  # the file used as a folder
+        raise FileAccessError(path, "read", e if blocker is None else f"{blocker} is a file, not a directory") from None
+    except OSError as e:
+        raise FileAccessError(path, "read", e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FileAccessError(path, "read", f"it is {_kind(st.st_mode)}, not a regular file")
+    return st.st_size
+
+
+def check_writable(path: Path) -> None:
+    """FileAccessError unless path's folder exists and path is absent or a regular file (checked before writing)."""
+    folder = path.parent
+    if not folder.is_dir():
+        reason = "is not a directory" if folder.exists() else "does not exist"
+        raise FileAccessError(path, "write", f"its folder {folder} {reason}")
+    if path.exists() and not path.is_file():
+        raise FileAccessError(path, "write", f"it is {_kind(path.stat().st_mode)}, not a regular file")
+
+
+def open_file(path: str | os.PathLike, mode: str) -> BinaryIO:
+    """open(path, mode) for "rb" or "wb", with every failure a FileAccessError naming the path."""
+    path = Path(path)
+    action = "read" if mode.startswith("r") else "write"
+    if action == "read":
+        check_readable(path)
+    else:
+        check_writable(path)
+    try:
+        return open(path, mode)
+    except OSError as e:
+        raise FileAccessError(path, action, e) from None
