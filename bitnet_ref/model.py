@@ -1,10 +1,10 @@
 """The BitNet b1.58 forward pass: Weights (views into the memory-mapped GGUF), KVCache, RunState, Model.forward.
 
 `Model.forward` reads top to bottom like docs/NUMERICS.md §2 and llama.cpp's `bitnet` graph (docs/NUMERICS.md §6); each
-linear goes through a small dispatch table, keyed by (weight type, activation kind of the numerics profile), to a kernel
-that reads the packed weights in place. `trace(name, layer, array)` fires where llama.cpp's eval callback sees a tensor
-of that name, with the same meaning; where llama.cpp has several nodes of one name, the last one is traced (Qcur, Kcur:
-after RoPE; Vcur: the matmul output, or its `.scale` product).
+linear goes through bitnet_ref.linear's table, keyed by (weight type, activation kind of the numerics profile, device),
+to a kernel that reads the packed weights in place. `trace(name, layer, array)` fires where llama.cpp's eval callback
+sees a tensor of that name, with the same meaning; where llama.cpp has several nodes of one name, the last one is
+traced (Qcur, Kcur: after RoPE; Vcur: the matmul output, or its `.scale` product).
 """
 
 from __future__ import annotations
@@ -38,33 +38,20 @@ from bitnet_ref.constants import (
 )
 from bitnet_ref.errors import ContextOverflowError, EngineError, FormatError, TokenRangeError, UnsupportedFormatError
 from bitnet_ref.gguf_reader import GGUFFile, read_gguf
-from bitnet_ref.kernels import activation, actquant, attention, dense, norm, rope, ternary
+from bitnet_ref.kernels import activation, attention, norm, rope, ternary
 from bitnet_ref.kernels.scalar import powf
+from bitnet_ref.linear import CPU, Input, Linear, Scratch, apply, kernel_for
 from bitnet_ref.numerics import Numerics, resolve
 
 Trace = Callable[[str, int, np.ndarray], None]
 
 N_UBATCH = 512  # tokens per forward chunk; llama.cpp's default n_ubatch (the chunk size picks kernel paths)
 EMBED_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.TQ1_0, GGMLType.TQ2_0)
-TERNARY_NAMES = {GGMLType.TQ1_0: "tq1_0", GGMLType.TQ2_0: "tq2_0", GGMLType.I2_S: "i2s"}
-ACT_SUFFIX = {"q8_k": "q8k", "i8_token": "i8"}
+CHECK_ACT = {"q8_k": "q8k", "i8_token": "i8"}  # ternary.check_weight's name for an activation kind
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Weights
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One weight matrix W (rows × cols = M × K) as a view into the file, and how its input is prepared."""
-
-    name: str
-    type: GGMLType
-    rows: int
-    cols: int
-    data: np.ndarray  # F16/BF16: uint16 bits (M·K); F32: f32 (M·K); block formats: the raw uint8 bytes
-    activation: str  # the profile's activation kind for this weight type (numerics.ACTIVATION_KINDS)
-    scale: float | None  # llama.cpp's optional 1-element `<proj>.scale`, multiplied onto the output
 
 
 @dataclass(frozen=True)
@@ -104,24 +91,12 @@ def _typed_view(raw: np.ndarray, type_id: GGMLType) -> np.ndarray:
     return raw
 
 
-def _has_kernel(type_id: GGMLType, kind: str | None) -> bool:
-    """Whether the dispatch table can run this weight type with this activation kind."""
-    if kind is None:
-        return False
-    if type_id in TERNARY_NAMES:
-        return kind in ACT_SUFFIX and hasattr(ternary, _ternary_kernel_name(type_id, kind))
-    return (type_id, kind) in _DENSE_RUNNERS
-
-
-def _ternary_kernel_name(type_id: GGMLType, kind: str) -> str:
-    return f"matmul_{TERNARY_NAMES[type_id]}_{ACT_SUFFIX.get(kind, kind)}"
-
-
 def _linear(gguf: GGUFFile, name: str, numerics: Numerics) -> Linear:
     """A Linear for tensor `name`; UnsupportedFormatError when no kernel runs its type under this profile."""
     info = gguf.tensors[name]
     kind = numerics.activation_for(info.type)
-    if not _has_kernel(info.type, kind):
+    kernel = kernel_for(info.type, kind, CPU)
+    if kernel is None:
         raise UnsupportedFormatError(
             f"{gguf.path}: tensor {name} has type {info.type.name} ({int(info.type)}), which has no kernel under "
             f"numerics {numerics.name!r} (activation {kind!r})"
@@ -131,12 +106,12 @@ def _linear(gguf: GGUFFile, name: str, numerics: Numerics) -> Linear:
     if scale_name in gguf.tensors:
         scale = float(formats.get(gguf.tensors[scale_name].type).decode(gguf.tensor_bytes(scale_name), (1,))[0])
     raw = gguf.tensor_bytes(name)
-    if info.type in TERNARY_NAMES:
+    if info.type in formats.TERNARY_TYPES:
         try:
-            ternary.check_weight(info.type.name.lower(), np.asarray(raw), info.rows, info.cols, ACT_SUFFIX[kind])
+            ternary.check_weight(info.type.name.lower(), np.asarray(raw), info.rows, info.cols, CHECK_ACT[kind])
         except FormatError as e:
             raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
-    return Linear(name, info.type, info.rows, info.cols, _typed_view(raw, info.type), kind, scale)
+    return Linear(name, info.type, info.rows, info.cols, _typed_view(raw, info.type), kind, kernel, scale)
 
 
 def _vector(gguf: GGUFFile, name: str) -> np.ndarray:
@@ -218,122 +193,7 @@ class RunState:
         self.ffn = np.zeros((B, ff), np.float32)  # (B, n_ff) act(gate)·up, then its sub-norm
         self.logits = np.zeros((B, config.n_vocab), np.float32)  # (B, n_vocab)
         self.n_ubatch = B
-        self._act: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
-
-    def activation(self, kind: str, K: int) -> tuple[np.ndarray, ...]:
-        """Scratch arrays for one activation kind and input width (allocated on first use, then reused)."""
-        key = (kind, K)
-        if key not in self._act:
-            B = self.n_ubatch
-            if kind == "q8_k":
-                bufs = (
-                    np.zeros((B, K), np.int8),
-                    np.zeros((B, K // 256), np.float32),
-                    np.zeros((B, K // 16), np.int16),
-                )
-            elif kind == "i8_token":
-                bufs = (np.zeros((B, K), np.int8), np.zeros(B, np.float32), np.zeros(B, np.int32))
-            elif kind == "q8_0":
-                bufs = (np.zeros((B, K), np.int8), np.zeros((B, K // dense.Q8_0_BLOCK), np.float32))
-            else:
-                bufs = (np.zeros((B, K), np.float32),)
-            self._act[key] = bufs
-        return self._act[key]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Linear dispatch. An input (T, K) is prepared once per activation kind (rounded to f16/bf16, or quantized to
-# Q8_K / Q8_0 / per-token int8) and shared by every linear that reads it (Q, K, V; gate, up): llama.cpp converts
-# it again for each matmul, with identical results. Then (weight type, activation kind) picks the kernel.
-
-
-@dataclass
-class Input:
-    """One linear input x (T, K) and its prepared forms, by activation kind."""
-
-    x: np.ndarray  # (T, K)
-    prepared: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
-
-
-def _prepare(state: RunState, kind: str, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The activation arrays a kernel of this kind reads, computed from x into the run state's scratch."""
-    if kind == "none":
-        return (x,)
-    T, K = x.shape
-    bufs = tuple(a[:T] for a in state.activation(kind, K))
-    _quantize(kind, x, bufs)
-    return bufs
-
-
-def _quantize(kind: str, x: np.ndarray, bufs: tuple[np.ndarray, ...]) -> None:
-    """Fill bufs with x prepared for one activation kind."""
-    if kind == "q8_k":
-        actquant.quantize_q8_k(x, *bufs)  # (qs i8 (T, K), d f32 (T, K/256), bsums i16 (T, K/16))
-    elif kind == "i8_token":
-        actquant.quantize_i8_rows(x, *bufs)  # (q i8 (T, K), s f32 (T,), act_sum i32 (T,))
-    elif kind == "q8_0":
-        dense.quantize_q8_0(x, *bufs)  # (qs i8 (T, K), d f32 (T, K/32))
-    elif kind == "f16":
-        dense.round_rows_f16(x, bufs[0])  # (x rounded to f16, as f32 (T, K))
-    else:
-        dense.round_rows_bf16(x, bufs[0])  # (x rounded to bf16, as f32 (T, K))
-
-
-def _run_float(kernel_name: str) -> Callable:
-    """A runner for a float weight kernel (vec_dot order for one column, tinyBLAS order for more, per numerics)."""
-
-    def run(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
-        x = act[0]
-        nm = model.numerics
-        tiled = dense.use_tiled(nm.float_dot, x.shape[0], lin.rows, lin.cols, nm.lanes)
-        getattr(dense, kernel_name)(lin.data, lin.rows, lin.cols, x, tiled, nm.lanes, out)
-
-    return run
-
-
-def _run_bf16(dpbf16: bool) -> Callable:
-    """A runner for BF16 weights; dpbf16: bf16 activations on a build with AVX512_BF16 (vdpbf16ps in ggml_vec_dot_bf16
-    and tinyBLAS, whose K step is then DPBF16_KN), used only where the profile emulates such a build."""
-
-    def run(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
-        x = act[0]
-        nm = model.numerics
-        dp = dpbf16 and nm.simd == "avx512bf16"
-        kn = dense.DPBF16_KN if dp else nm.lanes
-        tiled = dense.use_tiled(nm.float_dot, x.shape[0], lin.rows, lin.cols, kn)
-        dense.matmul_bf16(lin.data, lin.rows, lin.cols, x, tiled, nm.lanes, dp, out)
-
-    return run
-
-
-def _run_q8_0(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
-    """Q8_0 weights with Q8_0 activations (ggml's x86 quantizer and 8-lane dot)."""
-    dense.matmul_q8_0(lin.data, lin.rows, lin.cols, *act, out)
-
-
-def _run_q8_0_f32(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
-    """Q8_0 weights with f32 activations (the "bitnet" profile: no activation quantization for float weights)."""
-    dense.matmul_q8_0_f32(lin.data, lin.rows, lin.cols, act[0], model.numerics.lanes, out)
-
-
-def _run_ternary(model: Model, lin: Linear, act: tuple[np.ndarray, ...], out: np.ndarray) -> None:
-    """Ternary weights: the packed integer kernel on Q8_K blocks or per-token int8 activations."""
-    getattr(ternary, _ternary_kernel_name(lin.type, lin.activation))(lin.data, lin.rows, lin.cols, *act, out)
-
-
-_DENSE_RUNNERS: dict[tuple[GGMLType, str], Callable] = {
-    (GGMLType.F32, "none"): _run_float("matmul_f32"),
-    (GGMLType.F16, "f16"): _run_float("matmul_f16"),
-    (GGMLType.F16, "none"): _run_float("matmul_f16"),
-    (GGMLType.BF16, "bf16"): _run_bf16(dpbf16=True),
-    (GGMLType.BF16, "none"): _run_bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
-    (GGMLType.Q8_0, "q8_0"): _run_q8_0,
-    (GGMLType.Q8_0, "none"): _run_q8_0_f32,
-}
-
-
-def _runner(lin: Linear) -> Callable:
-    return _run_ternary if lin.type in TERNARY_NAMES else _DENSE_RUNNERS[(lin.type, lin.activation)]
+        self.scratch = Scratch(B)  # prepared linear inputs (quantized / rounded x), by activation kind
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -358,6 +218,16 @@ class Model:
         self.attn_scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(c.head_dim)))  # 1.0f/sqrtf(head_dim)
         self.theta_scale = powf(c.rope_base, np.float32(-2.0) / np.float32(c.n_rot))  # ggml: powf(base, -2/n_rot)
         self.inv_freq = rope.inv_freq(c.rope_base, c.n_rot)  # "direct": base^(-2i/n_rot)
+        self.attn_settings = (self._attention_settings(False), self._attention_settings(True))  # by batched
+
+    def _attention_settings(self, batched: bool) -> attention.AttentionSettings:
+        """The attention call's settings for one query (vec_dot orders) or several (tinyBLAS where ggml takes it)."""
+        c, nm = self.config, self.numerics
+        tiled = nm.float_dot == "ggml" and batched
+        return attention.AttentionSettings(
+            c.n_head, c.n_head_kv, c.head_dim, self.attn_scale, tiled and c.head_dim % nm.lanes == 0,
+            tiled and c.head_dim % 4 == 0, nm.lanes, nm.round_q_f16, nm.round_softmax_f16, nm.expf == "ggml_v_expf",
+            nm.softmax_sum == "double_chunks")
 
     # -- public API ----------------------------------------------------------------------------------------------------
 
@@ -429,7 +299,7 @@ class Model:
         x, q, k, v, att, out = s.x[:T], s.q[:T], s.k[:T], s.v[:T], s.att[:T], s.proj[:T]
         norm.rmsnorm(h, layer.attn_norm, c.rms_eps, double, x)  # x: (T, n_embd)
         _fire(trace, "attn_norm", il, x)
-        inp = Input(x)  # BitNet: Q, K and V quantize the same attn_norm output (per the profile's activation kind)
+        inp = Input(x, s.scratch)  # BitNet: Q, K and V quantize the same attn_norm output
         self._matmul(layer.attn_q, inp, q)  # q: (T, n_head·hd)
         self._matmul(layer.attn_k, inp, k)  # k: (T, n_head_kv·hd)
         self._matmul(layer.attn_v, inp, v)  # v: (T, n_head_kv·hd)
@@ -444,7 +314,7 @@ class Model:
         # BitNet: RMSNorm of the attention output before o_proj (attn_sub_norm)
         norm.rmsnorm(att, layer.attn_sub_norm, c.rms_eps, double, x)
         _fire(trace, "attn_sub_norm", il, x)
-        self._matmul(layer.attn_output, Input(x), out)  # out: (T, n_embd)
+        self._matmul(layer.attn_output, Input(x, s.scratch), out)  # out: (T, n_embd)
         _fire(trace, "attn_out", il, out)
         return out
 
@@ -458,7 +328,7 @@ class Model:
         x, gate, up, f, down = s.x[:T], s.gate[:T], s.up[:T], s.ffn[:T], s.proj[:T]
         norm.rmsnorm(h, layer.ffn_norm, c.rms_eps, double, x)  # x: (T, n_embd)
         _fire(trace, "ffn_norm", il, x)
-        inp = Input(x)  # BitNet: gate and up quantize the same ffn_norm output
+        inp = Input(x, s.scratch)  # BitNet: gate and up quantize the same ffn_norm output
         self._matmul(layer.ffn_gate, inp, gate, "ffn_gate", il, trace)  # gate: (T, n_ff)
         self._matmul(layer.ffn_up, inp, up, "ffn_up", il, trace)  # up: (T, n_ff)
         # BitNet: relu² for 2B-4T (llama.cpp's bitnet graph computes SiLU; docs/NUMERICS.md §11)
@@ -470,7 +340,7 @@ class Model:
         # BitNet: RMSNorm before down_proj (ffn_sub_norm), n_ff wide
         norm.rmsnorm(f, layer.ffn_sub_norm, c.rms_eps, double, f)
         _fire(trace, "ffn_sub_norm", il, f)
-        self._matmul(layer.ffn_down, Input(f), down)  # down: (T, n_embd)
+        self._matmul(layer.ffn_down, Input(f, s.scratch), down)  # down: (T, n_embd)
         _fire(trace, "ffn_down", il, down)
         activation.add(down, h, h)  # h: (T, n_embd) l_out = ffn_down + ffn_inp
         _fire(trace, "l_out", il, h)
@@ -482,7 +352,7 @@ class Model:
         norm.rmsnorm(h, self.weights.output_norm, self.config.rms_eps, self.numerics.rmsnorm_sum == "double", x)
         _fire(trace, "result_norm", -1, x)
         logits = self.state.logits[:T]  # (T, n_vocab)
-        self._matmul(self.weights.output, Input(x), logits)
+        self._matmul(self.weights.output, Input(x, self.state.scratch), logits)
         _fire(trace, "result_output", -1, logits)
         return logits
 
@@ -505,9 +375,7 @@ class Model:
         trace: Trace | None = None,
     ) -> None:
         """out = x·Wᵀ through the dispatch table, then the optional `.scale` (traced before and after if named)."""
-        if lin.activation not in inp.prepared:
-            inp.prepared[lin.activation] = _prepare(self.state, lin.activation, inp.x)
-        _runner(lin)(self, lin, inp.prepared[lin.activation], out)
+        apply(lin, inp, self.numerics, out)
         if name is not None:
             _fire(trace, name, il, out)
         if lin.scale is not None:
@@ -525,27 +393,7 @@ class Model:
 
     def _attend(self, q: np.ndarray, il: int, pos0: int, out: np.ndarray) -> None:
         """Causal GQA attention of q (T, n_embd) over cache cells 0..pos0+T-1 of layer il."""
-        c, nm = self.config, self.numerics
-        T = q.shape[0]
-        batched = nm.float_dot == "ggml" and T >= 2
-        attention.attend(
-            q,
-            self.kv.k[il],
-            self.kv.v[il],
-            pos0,
-            c.n_head,
-            c.n_head_kv,
-            c.head_dim,
-            self.attn_scale,
-            batched and c.head_dim % nm.lanes == 0,
-            batched and c.head_dim % 4 == 0,
-            nm.lanes,
-            nm.round_q_f16,
-            nm.round_softmax_f16,
-            nm.expf == "ggml_v_expf",
-            nm.softmax_sum == "double_chunks",
-            out,
-        )
+        attention.attend(q, self.kv.k[il], self.kv.v[il], pos0, self.attn_settings[q.shape[0] >= 2], out)
 
     def _checked(self, tokens: np.ndarray, start_pos: int) -> np.ndarray:
         """tokens as int32 (T,), with ids, start position and context length checked."""

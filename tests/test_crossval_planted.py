@@ -2,11 +2,15 @@
 must name the layer and point where the fault first shows. Faults are planted by monkeypatching the engine's kernel
 modules here, in the test only (model.py looks kernels up on their modules at call time)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import crossval.llama_cpp_backend as llama_backend
-from bitnet_ref.kernels import actquant, attention, norm, rope, ternary
+from bitnet_ref import linear
+from bitnet_ref.constants import GGMLType
+from bitnet_ref.kernels import attention, norm, rope
 from crossval import cases as C
 from crossval import run as R
 from crossval.backends import BitnetRefBackend
@@ -125,27 +129,29 @@ def test_i2s_bit_order_reversed(refs, th, monkeypatch, profile):
     """The I2_S kernel reads each byte's codes least significant pair first (the file stores MSB first)."""
 
     def flipped(real):
-        def run(w, M, K, *rest):
-            w = np.array(w)
-            w[: M * K // 4] = _reverse_pairs(w[: M * K // 4])
-            real(w, M, K, *rest)
+        def run(lin, act, numerics, out):
+            w = np.array(lin.data)
+            n = lin.rows * lin.cols // 4
+            w[:n] = _reverse_pairs(w[:n])
+            real(dataclasses.replace(lin, data=w), act, numerics, out)
 
         return run
 
-    for name in ("matmul_i2s_i8", "matmul_i2s_q8k"):  # bitnet profile: per-token int8; ggml profile: Q8_K
-        monkeypatch.setattr(ternary, name, flipped(getattr(ternary, name)))
+    for kind in ("i8_token", "q8_k"):  # bitnet profile: per-token int8; ggml profile: Q8_K
+        key = (GGMLType.I2_S, kind, linear.CPU)
+        monkeypatch.setitem(linear.KERNELS, key, flipped(linear.KERNELS[key]))
     _assert_located(_verdict(_case("i2_s", profile), refs, th), 0, "Qcur")
 
 
 def test_q8k_sign_convention_flipped(refs, th, monkeypatch):
     """Q8_K codes keep ggml's sign flip (largest |x| -> -127) but d is taken as +max/127, not 1/(-127/max)."""
-    real = actquant.quantize_q8_k
+    real = linear.ACTIVATIONS["q8_k"]
 
     def wrong_sign(x, qs, d, bsums):
-        real(x, qs, d, bsums)
+        real.fill(x, qs, d, bsums)
         np.negative(d, out=d)
 
-    monkeypatch.setattr(actquant, "quantize_q8_k", wrong_sign)
+    monkeypatch.setitem(linear.ACTIVATIONS, "q8_k", dataclasses.replace(real, fill=wrong_sign))
     _assert_located(_verdict(_case(), refs, th), 0, "Qcur")
 
 

@@ -767,7 +767,7 @@ def test_attention_matches_twin(profile, T, start_pos, n_head):
         nm.softmax_sum == "double_chunks",
     )
     out = np.full((T, n_head * hd), np.nan, F32)
-    attention.attend(q, k_cache, v_cache, *args, out)
+    attention.attend(q, k_cache, v_cache, start_pos, attention.AttentionSettings(*args[1:]), out)
     kf = k_new.astype(np.float16).astype(F32) if dtype == np.uint16 else k_new
     vf = v_new.astype(np.float16).astype(F32) if dtype == np.uint16 else v_new
     assert_same_bits(out, twin_attention(q, kf, vf, *args), f"attention {profile} T={T} start={start_pos}")
@@ -779,7 +779,8 @@ def test_attention_single_cell_is_v():
     kc, vc = np.zeros((4, 8), F32), np.zeros((8, 4), F32)
     attention.store_kv(k, v, 0, kc, vc)
     out = np.empty((1, 8), F32)
-    attention.attend(np.ones((1, 8), F32), kc, vc, 0, 1, 1, 8, F32(0.5), False, False, 8, False, False, True, True, out)
+    settings = attention.AttentionSettings(1, 1, 8, F32(0.5), False, False, 8, False, False, True, True)
+    attention.attend(np.ones((1, 8), F32), kc, vc, 0, settings, out)
     assert_same_bits(out, v, "softmax over one cell is 1")
 
 

@@ -13,6 +13,8 @@ over j ≤ p in the same lane positions (zero-padded to a whole chunk) is the sa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -21,6 +23,22 @@ from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
 from bitnet_ref.kernels.scalar import expf, load, round_f16, store
 
 PARALLEL_WORK = 1 << 20  # query·cell·dim products from which attention uses the thread pool
+
+
+class AttentionSettings(NamedTuple):
+    """The shapes and arithmetic choices of one attention call (numba takes it as one typed tuple)."""
+
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    scale: np.float32  # 1.0f / sqrtf(head_dim), as ggml computes it
+    tiled_kq: bool  # q·K in tinyBLAS order (≥ 2 queries, head_dim % lanes == 0), else vec_dot order
+    tiled_kqv: bool  # P·V in tinyBLAS order (≥ 2 queries, head_dim % 4 == 0), else vec_dot order
+    lanes: int  # f32 lanes of ggml's float kernels: 8 (AVX2) or 16 (AVX-512)
+    round_q: bool  # q rounded to f16 before q·K
+    round_p: bool  # softmax probabilities rounded to f16 before P·V
+    ggml_exp: bool  # ggml's SIMD expf in the softmax (else libm expf)
+    double_sum: bool  # softmax chunk sums added in double (ggml) (else one f32 sum)
 
 
 @njit(cache=True)
@@ -62,11 +80,10 @@ def _softmax(w, n, lanes, ggml_exp, double_sum, chunk):
 
 
 @njit(cache=True)
-def _attend_head(q, k_cache, v_cache, t, h, opts, out):
-    """out[t, head h] for query t at position start_pos + t (one work item of attend; opts as attend builds it)."""
-    (start_pos, n_head, n_head_kv, head_dim, scale, tiled_kq, tiled_kqv, lanes, round_q, round_p, ggml_exp, double_sum,
-     n_pad) = opts
-    g = h // (n_head // n_head_kv)
+def _attend_head(q, k_cache, v_cache, t, h, start_pos, n_pad, s, out):
+    """out[t, head h] for query t at position start_pos + t (one work item of attend); s: AttentionSettings."""
+    head_dim, lanes = s.head_dim, s.lanes
+    g = h // (s.n_head // s.n_head_kv)
     n = start_pos + t + 1
     qh = np.empty(head_dim, np.float32)
     w = np.zeros(n_pad, np.float32)
@@ -75,66 +92,47 @@ def _attend_head(q, k_cache, v_cache, t, h, opts, out):
     chunk = np.empty(16, np.float32)
     for d in range(head_dim):
         x = q[t, h * head_dim + d]
-        qh[d] = round_f16(x) if round_q else x
+        qh[d] = round_f16(x) if s.round_q else x
     for j in range(n):  # s_j = K_j · q, scaled (the cache row is read in place: f16 bits decode exactly on load)
-        if tiled_kq:
-            s = tiled_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, acc)
+        if s.tiled_kq:
+            kq = tiled_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, acc)
         else:
-            s = vec_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, VEC_F16, acc)
-        w[j] = s * scale
-    _softmax(w, n, lanes, ggml_exp, double_sum, chunk)
-    if round_p:
+            kq = vec_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, VEC_F16, acc)
+        w[j] = kq * s.scale
+    _softmax(w, n, lanes, s.ggml_exp, s.double_sum, chunk)
+    if s.round_p:
         for j in range(n):
             w[j] = round_f16(w[j])
-    n_dot = ((n + lanes - 1) // lanes) * lanes if tiled_kqv else n_pad
+    n_dot = ((n + lanes - 1) // lanes) * lanes if s.tiled_kqv else n_pad
     for d in range(head_dim):  # out_d = Σ_j P_j · V_j,d over the (zero-padded) cells
         vi = g * head_dim + d
         for j in range(n):
             vrow[j] = load(v_cache[vi], j)
-        if tiled_kqv:
+        if s.tiled_kqv:
             out[t, h * head_dim + d] = tiled_dot(vrow, 0, w, 0, n_dot, lanes, acc)
         else:
             out[t, h * head_dim + d] = vec_dot(vrow, 0, w, 0, n_dot, lanes, VEC_F16, acc)
 
 
 @njit(cache=True, parallel=True)
-def _attend_parallel(q, k_cache, v_cache, opts, out):
+def _attend_parallel(q, k_cache, v_cache, start_pos, n_pad, s, out):
     """attend with one work item per (query, head) spread over the thread pool."""
-    n_head = opts[1]
-    for th in prange(q.shape[0] * n_head):
-        _attend_head(q, k_cache, v_cache, th // n_head, th % n_head, opts, out)
+    for th in prange(q.shape[0] * s.n_head):
+        _attend_head(q, k_cache, v_cache, th // s.n_head, th % s.n_head, start_pos, n_pad, s, out)
 
 
 @njit(cache=True)
-def attend(
-    q,
-    k_cache,
-    v_cache,
-    start_pos,
-    n_head,
-    n_head_kv,
-    head_dim,
-    scale,
-    tiled_kq,
-    tiled_kqv,
-    lanes,
-    round_q,
-    round_p,
-    ggml_exp,
-    double_sum,
-    out,
-):
-    """out (T, n_head·hd) = causal softmax(q·Kᵀ·scale)·V per head over cache cells 0..start_pos+t.
+def attend(q, k_cache, v_cache, start_pos, s, out):
+    """out (T, n_head·hd) = causal softmax(q·Kᵀ·scale)·V per head over cache cells 0..start_pos+t; s: the call's
+    AttentionSettings.
 
     Small problems (a decode step at short context) run on the calling thread: a parallel region costs more there.
     """
     T = q.shape[0]
-    width = 4 * lanes
+    width = 4 * s.lanes
     n_pad = ((start_pos + T + width - 1) // width) * width
-    opts = (start_pos, n_head, n_head_kv, head_dim, scale, tiled_kq, tiled_kqv, lanes, round_q, round_p, ggml_exp,
-            double_sum, n_pad)
-    if T * (start_pos + T) * n_head * head_dim >= PARALLEL_WORK:
-        _attend_parallel(q, k_cache, v_cache, opts, out)
+    if T * (start_pos + T) * s.n_head * s.head_dim >= PARALLEL_WORK:
+        _attend_parallel(q, k_cache, v_cache, start_pos, n_pad, s, out)
         return
-    for th in range(T * n_head):
-        _attend_head(q, k_cache, v_cache, th // n_head, th % n_head, opts, out)
+    for th in range(T * s.n_head):
+        _attend_head(q, k_cache, v_cache, th // s.n_head, th % s.n_head, start_pos, n_pad, s, out)

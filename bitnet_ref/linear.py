@@ -1,0 +1,172 @@
+"""How a linear computes: out (T, M) = x (T, K) · Wᵀ, for W in its file format and x prepared for the profile.
+
+Two tables own it. ACTIVATIONS: per activation kind of the numerics profile (numerics.ACTIVATION_KINDS), the scratch
+arrays it needs and the kernel that fills them from x (rounded to f16/bf16, or quantized to Q8_K / Q8_0 / per-token
+int8). KERNELS: per (weight type, activation kind, device), the function that runs the product on the weight's bytes
+in place. An input is prepared once per kind and shared by every linear that reads it (Q, K and V; gate and up):
+llama.cpp converts it again for each matmul, with identical results. Adding a format, a kernel variant or a device is
+one row in KERNELS (and one kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bitnet_ref.constants import GGMLType
+from bitnet_ref.kernels import actquant, dense, ternary
+from bitnet_ref.numerics import Numerics
+
+CPU = "cpu"
+Q8_K_BLOCK = 256  # elements per Q8_K block (one f32 d each)
+Q8_K_GROUP = 16  # elements per Q8_K bsum
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation kind: the scratch arrays for B rows of K values, and the kernel that fills them from x."""
+
+    buffers: Callable[[int, int], tuple[np.ndarray, ...]]
+    fill: Callable[..., None] | None  # fill(x, *arrays); None: the kernel reads x itself
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    # (qs i8 (B, K), d f32 (B, K/256), bsums i16 (B, K/16))
+    "q8_k": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros((B, K // Q8_K_BLOCK), np.float32),
+                                     np.zeros((B, K // Q8_K_GROUP), np.int16)), actquant.quantize_q8_k),
+    # (q i8 (B, K), s f32 (B,), act_sum i32 (B,))
+    "i8_token": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros(B, np.float32), np.zeros(B, np.int32)),
+                           actquant.quantize_i8_rows),
+    # (qs i8 (B, K), d f32 (B, K/32))
+    "q8_0": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros((B, K // dense.Q8_0_BLOCK), np.float32)),
+                       dense.quantize_q8_0),
+    "f16": Activation(lambda B, K: (np.zeros((B, K), np.float32),), dense.round_rows_f16),  # x rounded to f16
+    "bf16": Activation(lambda B, K: (np.zeros((B, K), np.float32),), dense.round_rows_bf16),  # x rounded to bf16
+    "none": Activation(lambda B, K: (), None),  # x as it is
+}
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One weight matrix W (rows × cols = M × K) as a view into the file, its input's kind and its kernel."""
+
+    name: str
+    type: GGMLType
+    rows: int
+    cols: int
+    data: np.ndarray  # F16/BF16: uint16 bits (M·K); F32: f32 (M·K); block formats: the raw uint8 bytes
+    activation: str  # the profile's activation kind for this weight type (numerics.ACTIVATION_KINDS)
+    kernel: Callable  # KERNELS[(type, activation, device)]
+    scale: float | None  # llama.cpp's optional 1-element `<proj>.scale`, multiplied onto the output
+
+
+class Scratch:
+    """Prepared-input arrays for up to n_rows rows, one set per (activation kind, K), allocated on first use."""
+
+    def __init__(self, n_rows: int) -> None:
+        self.n_rows = n_rows
+        self._arrays: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
+
+    def arrays(self, kind: str, K: int, T: int) -> tuple[np.ndarray, ...]:
+        """The first T rows of the arrays of one kind and width."""
+        key = (kind, K)
+        if key not in self._arrays:
+            self._arrays[key] = ACTIVATIONS[kind].buffers(self.n_rows, K)
+        return tuple(a[:T] for a in self._arrays[key])
+
+
+@dataclass
+class Input:
+    """One linear input x (T, K) and its prepared forms, by activation kind."""
+
+    x: np.ndarray  # (T, K)
+    scratch: Scratch
+    prepared: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+    def as_kind(self, kind: str) -> tuple[np.ndarray, ...]:
+        """The arrays a kernel of this activation kind reads (prepared on first request)."""
+        if kind not in self.prepared:
+            fill = ACTIVATIONS[kind].fill
+            if fill is None:
+                self.prepared[kind] = (self.x,)
+            else:
+                T, K = self.x.shape
+                arrays = self.scratch.arrays(kind, K, T)
+                fill(self.x, *arrays)
+                self.prepared[kind] = arrays
+        return self.prepared[kind]
+
+
+def apply(lin: Linear, inp: Input, numerics: Numerics, out: np.ndarray) -> None:
+    """out (T, M) = x · Wᵀ by the linear's kernel on its prepared input (the `.scale` is the caller's step)."""
+    lin.kernel(lin, inp.as_kind(lin.activation), numerics, out)
+
+
+# -- kernels --------------------------------------------------------------------------------------------------------
+
+
+def _float(matmul: Callable) -> Callable:
+    """F32/F16 weights: vec_dot order for one column, tinyBLAS order for more (as the profile says)."""
+
+    def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+        x = act[0]
+        tiled = dense.use_tiled(nm.float_dot, x.shape[0], lin.rows, lin.cols, nm.lanes)
+        matmul(lin.data, lin.rows, lin.cols, x, tiled, nm.lanes, out)
+
+    return run
+
+
+def _bf16(dpbf16: bool) -> Callable:
+    """BF16 weights; dpbf16: bf16 activations on a build with AVX512_BF16 (vdpbf16ps in ggml_vec_dot_bf16 and
+    tinyBLAS, whose K step is then DPBF16_KN), used only where the profile emulates such a build."""
+
+    def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+        x = act[0]
+        dp = dpbf16 and nm.simd == "avx512bf16"
+        tiled = dense.use_tiled(nm.float_dot, x.shape[0], lin.rows, lin.cols, dense.DPBF16_KN if dp else nm.lanes)
+        dense.matmul_bf16(lin.data, lin.rows, lin.cols, x, tiled, nm.lanes, dp, out)
+
+    return run
+
+
+def _q8_0(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+    """Q8_0 weights with Q8_0 activations (ggml's x86 quantizer and 8-lane dot)."""
+    dense.matmul_q8_0(lin.data, lin.rows, lin.cols, *act, out)
+
+
+def _q8_0_f32(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+    """Q8_0 weights with f32 activations (the "bitnet" profile: no activation quantization for float weights)."""
+    dense.matmul_q8_0_f32(lin.data, lin.rows, lin.cols, act[0], nm.lanes, out)
+
+
+def _ternary(matmul: Callable) -> Callable:
+    """Ternary weights: a packed integer kernel on Q8_K blocks or per-token int8 activations."""
+
+    def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+        matmul(lin.data, lin.rows, lin.cols, *act, out)
+
+    return run
+
+
+KERNELS: dict[tuple[GGMLType, str, str], Callable] = {
+    (GGMLType.F32, "none", CPU): _float(dense.matmul_f32),
+    (GGMLType.F16, "f16", CPU): _float(dense.matmul_f16),
+    (GGMLType.F16, "none", CPU): _float(dense.matmul_f16),
+    (GGMLType.BF16, "bf16", CPU): _bf16(dpbf16=True),
+    (GGMLType.BF16, "none", CPU): _bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
+    (GGMLType.Q8_0, "q8_0", CPU): _q8_0,
+    (GGMLType.Q8_0, "none", CPU): _q8_0_f32,
+    (GGMLType.TQ1_0, "q8_k", CPU): _ternary(ternary.matmul_tq1_0_q8k),
+    (GGMLType.TQ1_0, "i8_token", CPU): _ternary(ternary.matmul_tq1_0_i8),
+    (GGMLType.TQ2_0, "q8_k", CPU): _ternary(ternary.matmul_tq2_0_q8k),
+    (GGMLType.TQ2_0, "i8_token", CPU): _ternary(ternary.matmul_tq2_0_i8),
+    (GGMLType.I2_S, "q8_k", CPU): _ternary(ternary.matmul_i2s_q8k),
+    (GGMLType.I2_S, "i8_token", CPU): _ternary(ternary.matmul_i2s_i8),
+}
+
+
+def kernel_for(weight_type: GGMLType, kind: str | None, device: str = CPU) -> Callable | None:
+    """The kernel for a weight type, activation kind and device, or None when there is none."""
+    return KERNELS.get((weight_type, kind, device))
