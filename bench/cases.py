@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from bench import roofline
+from bitnet_ref import formats
+from bitnet_ref.formats import F16, I2_S, TQ1_0, TQ2_0
 
 REF = "bitnet_ref"
 LLAMA = "llama.cpp"
 LLAMA_FA_OFF = "llama.cpp[fa=off]"
 ENGINE_NAMES = (REF, LLAMA, LLAMA_FA_OFF)
 PRESETS = ("tiny", "small", "2b4t")
-FORMATS = ("tq2_0", "tq1_0", "f16", "i2_s")
+FORMATS = (TQ2_0.NAME, TQ1_0.NAME, F16.NAME, I2_S.NAME)
 DEFAULT_MODELS = ("small", "2b4t")
-DEFAULT_FORMATS = ("tq2_0", "i2_s")
+DEFAULT_FORMATS = (TQ2_0.NAME, I2_S.NAME)
 TTFT_TEXT = (
     "The quick brown fox jumps over the lazy dog. A ternary network stores each weight as minus one, zero or one, "
     "so a matrix product becomes additions and subtractions, and the speed of decoding is set by how fast the "
@@ -104,18 +106,17 @@ class Settings:
 
 def _fmt_of(path: Path) -> str:
     """The weight format of a user's GGUF: its most common ternary matrix type, else its most common matrix type."""
-    from bitnet_ref import formats
     from bitnet_ref.gguf_reader import read_gguf
 
     with read_gguf(path) as gguf:
         matrices = [t.type for t in gguf.tensors.values() if len(t.shape) > 1]
         types = [t for t in matrices if t in formats.TERNARY_TYPES] or matrices
-    return max(set(types), key=types.count).name.lower()
+    return formats.get(max(set(types), key=types.count)).NAME
 
 
 def _case(model: str, fmt: str, path: Path) -> Case:
     """A case; an I2_S file is read by llama.cpp through its lossless TQ2_0 twin."""
-    if fmt == "i2_s":
+    if fmt == I2_S.NAME:
         from bitnet_ref.synth import tq2_0_twin
 
         return Case(model, fmt, path, Path(tq2_0_twin(path)))

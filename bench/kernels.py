@@ -18,30 +18,28 @@ import numba
 import numpy as np
 from rich.console import Console
 
+from bitnet_ref import formats
+from bitnet_ref.formats import I2_S, TQ1_0, TQ2_0
 from bitnet_ref.kernels import actquant, ternary
-from bitnet_ref.kernels.simd import available_isas, isa_id
+from bitnet_ref.kernels.isa import available_isas, isa_id
 
 SHAPES = ((2560, 2560), (640, 2560), (6912, 2560), (2560, 6912))  # (M, K): q/o, k/v, gate/up, down of 2B-4T
 STREAM_BYTES = 256 << 20  # copies of one matrix add up to this much, far beyond L3
 KERNELS = {  # (format, profile) -> kernel
-    ("tq2_0", "q8k"): ternary.matmul_tq2_0_q8k,
-    ("tq1_0", "q8k"): ternary.matmul_tq1_0_q8k,
-    ("tq2_0", "i8"): ternary.matmul_tq2_0_i8,
-    ("tq1_0", "i8"): ternary.matmul_tq1_0_i8,
-    ("i2_s", "q8k"): ternary.matmul_i2s_q8k,
-    ("i2_s", "i8"): ternary.matmul_i2s_i8,
+    (TQ2_0.NAME, "q8k"): ternary.matmul_tq2_0_q8k,
+    (TQ1_0.NAME, "q8k"): ternary.matmul_tq1_0_q8k,
+    (TQ2_0.NAME, "i8"): ternary.matmul_tq2_0_i8,
+    (TQ1_0.NAME, "i8"): ternary.matmul_tq1_0_i8,
+    (I2_S.NAME, "q8k"): ternary.matmul_i2s_q8k,
+    (I2_S.NAME, "i8"): ternary.matmul_i2s_i8,
 }
 
 
 def weight_copies(fmt: str, M: int, K: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Read-only random weight bytes (valid f16 d / f32 scale), enough copies to stream from DRAM."""
-    n = ternary.weight_nbytes(fmt, M, K) + (28 if fmt == "i2_s" else 0)
+    n = formats.by_name(fmt).nbytes((K, M))
     base = rng.integers(0, 256, n, dtype=np.uint8)
-    if fmt == "i2_s":
-        base[M * K // 4 : M * K // 4 + 4] = np.array([0.5], "<f4").view(np.uint8)
-    else:
-        blk = 66 if fmt == "tq2_0" else 54
-        base.reshape(-1, blk)[:, -2:] = np.array([0.5], "<f2").view(np.uint8)
+    formats.by_name(fmt).stored_scales(base)[:] = 0.5  # the f16 d of every block, or I2_S's f32 scale
     copies = []
     for i in range(max(2, STREAM_BYTES // n)):
         c = np.roll(base, i)
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--prefill", type=int, nargs="*", default=[8, 128], help="token counts for the prefill table")
-    p.add_argument("--formats", nargs="+", default=["tq2_0", "tq1_0", "i2_s"])
+    p.add_argument("--formats", nargs="+", default=[TQ2_0.NAME, TQ1_0.NAME, I2_S.NAME])
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall time, or CPU time per thread")
     args = p.parse_args(argv)
     isas = list(available_isas())

@@ -58,6 +58,7 @@ from bitnet_ref.constants import (
     GGMLType,
 )
 from bitnet_ref.errors import ConfigError
+from bitnet_ref.formats import SCALE_TENSOR_TYPES
 
 if TYPE_CHECKING:
     from bitnet_ref.gguf_reader import GGUFFile
@@ -77,7 +78,6 @@ LINEARS = (
     TENSOR_FFN_DOWN,
 )
 _LINEAR_SCALE = re.compile(r"blk\.(\d+)\.(" + "|".join(p.split(".")[2] for p in LINEARS) + r")\.scale")
-TL_TYPES = (GGMLType.TL1, GGMLType.TL2)
 HF_2B4T_DIMS = {"n_embd": 2560, "n_layer": 30, "n_ff": 6912, "n_head": 20, "n_head_kv": 5}
 
 
@@ -210,7 +210,7 @@ def _optional_shape(
     """Shape of an allowed optional tensor, or None when the name is not one."""
     if name.endswith(TL_SCALE_SUFFIX):
         weight = tensors.get(name.removesuffix(TL_SCALE_SUFFIX))
-        return (1,) if weight is not None and weight[1] in TL_TYPES else None
+        return (1,) if weight is not None and weight[1] in SCALE_TENSOR_TYPES else None
     m = _LINEAR_SCALE.fullmatch(name)
     return (1,) if m and int(m.group(1)) < config.n_layer else None
 

@@ -14,7 +14,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -52,7 +51,7 @@ from bitnet_ref.errors import (
 )
 from bitnet_ref.errors import FormatError as _FormatError
 from bitnet_ref.files import check_readable
-from bitnet_ref.formats import tl2
+from bitnet_ref.formats import TL2, Format
 
 MAX_ARRAY_DEPTH = 8  # nested metadata arrays deeper than this are refused (no real file nests more than 2)
 INT64_MAX = 2**63 - 1  # ggml stores ne[] and element counts as int64
@@ -481,7 +480,7 @@ class _Layout:
         typ = GGMLType(t.type_id)
         return t, typ, self._nbytes(t, formats.get(typ))
 
-    def _nbytes(self, t: _RawTensor, fmt: ModuleType) -> int:
+    def _nbytes(self, t: _RawTensor, fmt: type[Format]) -> int:
         try:
             return fmt.nbytes(t.shape)
         except _FormatError as e:
@@ -499,9 +498,9 @@ class _Layout:
         if self._has_scale_tensor(t):
             reasons.append(f"a 1-element F32 tensor {t.name + TL_SCALE_SUFFIX!r} exists")
         if reasons:
-            return self._nbytes(t, tl2)  # _check_bounds then confirms the extent
+            return self._nbytes(t, TL2)  # _check_bounds then confirms the extent
         room = self.room[t.name]
-        tl2_size = _size_or_none(tl2, t.shape)
+        tl2_size = _size_or_none(TL2, t.shape)
         mxfp4_size = _mxfp4_nbytes(t.shape)
         sizes = ", ".join(
             f"{kind} {'cannot hold this shape' if size is None else f'would take {size} bytes'}"
@@ -544,7 +543,7 @@ class _Layout:
                 )
 
 
-def _size_or_none(fmt: ModuleType, shape: tuple[int, ...]) -> int | None:
+def _size_or_none(fmt: type[Format], shape: tuple[int, ...]) -> int | None:
     try:
         return fmt.nbytes(shape)
     except _FormatError:

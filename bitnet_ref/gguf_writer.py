@@ -261,7 +261,7 @@ class GGUFWriter:
     def _check_scale_tensors(self) -> None:
         """Every TL1/TL2 weight is followed by its 1-element F32 `<name>_scale` tensor (docs/FORMATS.md §3.5)."""
         for i, t in enumerate(self._tensors):
-            if t.type not in (GGMLType.TL1, GGMLType.TL2):
+            if not formats.get(t.type).SCALE_TENSOR:
                 continue
             nxt = self._tensors[i + 1] if i + 1 < len(self._tensors) else None
             ok = nxt is not None and nxt.name == t.name + TL_SCALE_SUFFIX and nxt.type == GGMLType.F32

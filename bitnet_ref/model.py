@@ -108,7 +108,7 @@ def _linear(gguf: GGUFFile, name: str, numerics: Numerics) -> Linear:
     raw = gguf.tensor_bytes(name)
     if info.type in formats.TERNARY_TYPES:
         try:
-            ternary.check_weight(info.type.name.lower(), np.asarray(raw), info.rows, info.cols, CHECK_ACT[kind])
+            ternary.check_weight(formats.get(info.type).NAME, np.asarray(raw), info.rows, info.cols, CHECK_ACT[kind])
         except FormatError as e:
             raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
     return Linear(name, info.type, info.rows, info.cols, _typed_view(raw, info.type), kind, kernel, scale)
@@ -361,9 +361,9 @@ class Model:
         lin = self.weights.token_embd
         fmt = formats.get(lin.type)
         raw = np.asarray(self.gguf.tensor_bytes(TENSOR_TOKEN_EMBD))
-        row_bytes = fmt.nbytes((lin.cols, 1))
+        shape = (lin.cols, lin.rows)
         for t, tok in enumerate(tokens):
-            h[t] = fmt.decode(raw[int(tok) * row_bytes : (int(tok) + 1) * row_bytes], (lin.cols, 1))[0]
+            h[t] = fmt.decode(fmt.rows(raw, shape, int(tok), int(tok) + 1), (lin.cols, 1))[0]
 
     def _matmul(
         self,

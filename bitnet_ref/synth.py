@@ -28,7 +28,6 @@ from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import (
     ARCH_BITNET,
     ARCH_BITNET_B158,
-    FORK_FILE_TYPE_I2_S,
     KEY_ARCHITECTURE,
     KEY_BLOCK_COUNT,
     KEY_CONTEXT_LENGTH,
@@ -44,39 +43,19 @@ from bitnet_ref.constants import (
     KEY_TOKENS,
     KEY_VOCAB_SIZE,
     TENSOR_TOKEN_EMBD,
-    FileType,
     GGMLType,
     ValueType,
 )
 from bitnet_ref.errors import ConfigError, FileAccessError
 from bitnet_ref.files import check_writable, open_file
-from bitnet_ref.formats import i2_s, tq2_0
+from bitnet_ref.formats import F32, I2_S, TQ2_0
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
 from bitnet_ref.vocab import build_vocabulary
 
 SYNTH_VERSION = 1  # bump whenever the bytes for the same arguments change; part of every cache key
 ARCHS = (ARCH_BITNET, ARCH_BITNET_B158)
-FORMATS = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "i2_s")
-WEIGHT_TYPES = {
-    "f32": GGMLType.F32,
-    "f16": GGMLType.F16,
-    "bf16": GGMLType.BF16,
-    "q8_0": GGMLType.Q8_0,
-    "tq1_0": GGMLType.TQ1_0,
-    "tq2_0": GGMLType.TQ2_0,
-    "i2_s": GGMLType.I2_S,
-}
-FILE_TYPES = {
-    "f32": int(FileType.ALL_F32),
-    "f16": int(FileType.MOSTLY_F16),
-    "bf16": int(FileType.MOSTLY_BF16),
-    "q8_0": int(FileType.MOSTLY_Q8_0),
-    "tq1_0": int(FileType.MOSTLY_TQ1_0),
-    "tq2_0": int(FileType.MOSTLY_TQ2_0),
-    "i2_s": FORK_FILE_TYPE_I2_S,  # bitnet.cpp's numbering (docs/FORMATS.md §2)
-}
-ROW_BLOCKS = {"q8_0": 32, "tq1_0": 256, "tq2_0": 256, "i2_s": i2_s.BLOCK_X86}  # K must be a multiple of these
+FORMATS = formats.WRITABLE  # the linears' format: a name ("tq2_0") of a format class with a FILE_TYPE
 RMS_EPS = 1e-5
 NORM_NOISE = 0.02  # norm weights are 1 + N(0, NORM_NOISE^2)
 EMBD_GAIN = 2.0  # embedding std = EMBD_GAIN / sqrt(n_embd): tied-head logits have std ~ EMBD_GAIN
@@ -84,7 +63,7 @@ SCALE_BITS = 8  # significant bits kept in a weight scale: exact in bf16 (8) and
 EMBD_CHUNK_ROWS = 4096  # token_embd is drawn in chunks of this many rows, one Generator per chunk
 KEY_SYNTH = "bitnet_ref.synth.{}"
 KEY_TWIN_SOURCE = "bitnet_ref.twin.source"
-TWIN_SUFFIX = ".tq2_0-twin.gguf"
+TWIN_SUFFIX = f".{TQ2_0.NAME}-twin.gguf"
 CACHE_ENV = "BITNET_REF_CACHE"  # overrides the cache root ~/.cache/bitnet-ref
 
 Progress = Callable[[str, int, int], None]  # (tensor name just written, bytes written so far, total bytes)
@@ -293,7 +272,7 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _check_blocks(dims: Dims, fmt: str) -> None:
     """Every linear's K (n_embd, n_ff) must be a multiple of the format's block."""
-    block = ROW_BLOCKS.get(fmt, 1)
+    block = formats.by_name(fmt).BLOCK_ELEMS
     for name in ("n_embd", "n_ff"):
         value = getattr(dims, name)
         if value % block:
@@ -307,7 +286,7 @@ def _arch_metadata(dims: Dims, fmt: str, arch: str, preset: str, seed: int) -> l
     return [
         (KEY_ARCHITECTURE, arch, s),
         (KEY_NAME, f"bitnet-ref synthetic {preset}", s),
-        (KEY_FILE_TYPE, FILE_TYPES[fmt], u32),
+        (KEY_FILE_TYPE, int(formats.by_name(fmt).FILE_TYPE), u32),
         (KEY_VOCAB_SIZE.format(**a), dims.n_vocab, u32),
         (KEY_CONTEXT_LENGTH.format(**a), dims.n_ctx, u32),
         (KEY_EMBEDDING_LENGTH.format(**a), dims.n_embd, u32),
@@ -327,7 +306,7 @@ def _arch_metadata(dims: Dims, fmt: str, arch: str, preset: str, seed: int) -> l
 
 def _tensors(config: ModelConfig, fmt: str) -> list[_Tensor]:
     """The tensors of the file in writing order, with their types: F32 norms, F16 (or F32) embeddings."""
-    embd_type = GGMLType.F32 if fmt == "f32" else GGMLType.F16
+    embd_type = GGMLType.F32 if fmt == F32.NAME else GGMLType.F16
     out = []
     for name, shape in config.expected_tensors().items():
         if name == TENSOR_TOKEN_EMBD:
@@ -335,7 +314,7 @@ def _tensors(config: ModelConfig, fmt: str) -> list[_Tensor]:
         elif len(shape) == 1:
             out.append(_Tensor(name, shape, GGMLType.F32, "norm"))
         else:
-            out.append(_Tensor(name, shape, WEIGHT_TYPES[fmt], "linear"))
+            out.append(_Tensor(name, shape, formats.by_name(fmt).TYPE, "linear"))
     return out
 
 
@@ -435,9 +414,9 @@ def _write_twin(src: Path, dst: Path, progress: Progress | None) -> None:
     """Stream src's metadata (arch renamed to bitnet) and tensors (I2_S re-encoded as TQ2_0) to dst."""
     with read_gguf(src) as g:
         arch = g.arch
-        if not any(t.type == GGMLType.I2_S for t in g.tensors.values()):
+        if not any(t.type == I2_S.TYPE for t in g.tensors.values()):
             raise ConfigError(f"{src}: no I2_S tensors; tq2_0_twin copies I2_S files")
-        types = {n: GGMLType.TQ2_0 if t.type == GGMLType.I2_S else t.type for n, t in g.tensors.items()}
+        types = {n: TQ2_0.TYPE if t.type == I2_S.TYPE else t.type for n, t in g.tensors.items()}
         total = sum(formats.get(types[n]).nbytes(t.shape) for n, t in g.tensors.items())
         if progress is not None:
             progress("", 0, total)
@@ -451,8 +430,8 @@ def _write_twin(src: Path, dst: Path, progress: Progress | None) -> None:
             done = 0
             for n, t in g.tensors.items():
                 raw = g.tensor_bytes(n)
-                if t.type == GGMLType.I2_S:
-                    raw = tq2_0.encode_ternary(i2_s.ternary(raw, t.shape), float(i2_s.scales(raw, t.shape)[0]))
+                if t.type == I2_S.TYPE:
+                    raw = TQ2_0.encode_ternary(I2_S.ternary(raw, t.shape), float(I2_S.scales(raw, t.shape)[0]))
                 w.write_tensor(n, raw)
                 done += formats.get(types[n]).nbytes(t.shape)
                 if progress is not None:
@@ -464,9 +443,9 @@ def _twin_kv(key: str, value: object, arch: str) -> tuple[str, object]:
     if key == KEY_ARCHITECTURE:
         return key, ARCH_BITNET
     if key == KEY_FILE_TYPE:
-        return key, int(FileType.MOSTLY_TQ2_0)
+        return key, int(TQ2_0.FILE_TYPE)
     if key == KEY_SYNTH.format("format"):
-        return key, "tq2_0"
+        return key, TQ2_0.NAME
     if key.startswith(arch + "."):
         return ARCH_BITNET + key[len(arch) :], value
     return key, value

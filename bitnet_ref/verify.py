@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -15,13 +14,10 @@ from bitnet_ref import formats
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import KEY_ARCHITECTURE, TL_SCALE_SUFFIX, GGMLType
 from bitnet_ref.errors import BitnetRefError, FileAccessError, ScaleError
-from bitnet_ref.formats import i2_s
+from bitnet_ref.formats import BlockFormat, Format
 from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
 
 CHUNK_ELEMENTS = 1 << 22  # verify decodes big tensors in row chunks of about this many elements
-TERNARY_CHECKED = (GGMLType.TQ1_0, GGMLType.TQ2_0, GGMLType.I2_S)
-TL_TYPES = (GGMLType.TL1, GGMLType.TL2)
-_F16 = np.dtype("<f2")
 _F32 = np.dtype("<f4")
 
 
@@ -89,42 +85,39 @@ def verify(path: Path) -> Verdict:
 def _verify_tensor(g: GGUFFile, info: TensorInfo, v: Verdict) -> int:
     """Decode one tensor chunk by chunk (values must be finite; ternary ones in {-1, 0, 1} * scale); returns the number
     of values decoded. TL1/TL2 codes are not decoded: their tiling is a build setting the file does not record."""
-    if info.type in TL_TYPES:
+    fmt = formats.get(info.type)
+    ternary = info.type in formats.TERNARY_TYPES
+    if fmt.Tiling is not None:
         v.skipped.append(info.name)
         v.n_ternary += 1
         return 0
-    fmt = formats.get(info.type)
     raw = g.tensor_bytes(info.name)
-    if info.type == GGMLType.I2_S:
-        _check_i2_s_codes(info, raw)
-    for row0, chunk, shape in _row_chunks(info, raw):
+    unwritten = fmt.unwritten_code(raw, info.shape)
+    if unwritten is not None:
+        raise VerifyProblem(f"tensor {info.name!r} {unwritten}")
+    for row0, chunk, shape in _row_chunks(info, raw, fmt):
         w = fmt.decode(chunk, shape)
-        if info.type in TERNARY_CHECKED:
+        if ternary:
             _check_ternary(info, row0, w, fmt.ternary(chunk, shape), fmt.scales(chunk, shape))
         elif not np.isfinite(w).all():
             r, c = np.argwhere(~np.isfinite(w.reshape(-1, info.cols)))[0]
             raise VerifyProblem(f"tensor {info.name!r} row {row0 + r} col {c}: value {w.reshape(-1, info.cols)[r, c]}")
-    v.n_ternary += info.type in TERNARY_CHECKED
+    v.n_ternary += ternary
     return info.n_elements
 
 
-def _row_chunks(info: TensorInfo, raw: np.ndarray) -> Iterator[tuple[int, np.ndarray, tuple[int, ...]]]:
-    """(first row, bytes, ggml shape) of consecutive row chunks; I2_S chunks carry the tensor's scale trailer."""
+def _row_chunks(
+    info: TensorInfo, raw: np.ndarray, fmt: type[Format]
+) -> Iterator[tuple[int, np.ndarray, tuple[int, ...]]]:
+    """(first row, bytes, ggml shape) of consecutive row chunks, each a tensor of its own (`fmt.rows`)."""
     k, rows = info.cols, info.rows
     if len(info.shape) < 2:
         yield 0, raw, info.shape
         return
     step = max(1, CHUNK_ELEMENTS // k)
-    if info.type == GGMLType.I2_S:
-        codes, trailer = raw[: info.n_elements // 4], raw[info.n_elements // 4 :]
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            yield r0, np.concatenate([codes[r0 * k // 4 : r1 * k // 4], trailer]), (k, r1 - r0)
-        return
-    row_bytes = formats.get(info.type).nbytes((k,))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        yield r0, raw[r0 * row_bytes : r1 * row_bytes], (k, r1 - r0)
+        yield r0, fmt.rows(raw, info.shape, r0, r1), (k, r1 - r0)
 
 
 def _check_ternary(info: TensorInfo, row0: int, w: np.ndarray, t: np.ndarray, scales: np.ndarray) -> None:
@@ -154,17 +147,6 @@ def _check_ternary(info: TensorInfo, row0: int, w: np.ndarray, t: np.ndarray, sc
         )
 
 
-def _check_i2_s_codes(info: TensorInfo, raw: np.ndarray) -> None:
-    """I2_S code 3 is never written (the fork decodes it as 0, hiding it): find any."""
-    codes = raw[: info.n_elements // 4]
-    hits = np.flatnonzero((codes & (codes >> 1) & 0x55) != 0)
-    if hits.size:
-        byte = int(hits[0])
-        raise VerifyProblem(
-            f"tensor {info.name!r} byte {byte} (block {byte // (i2_s.BLOCK_X86 // 4)}) holds code 3, never written"
-        )
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Scales of ternary tensors
 
@@ -172,25 +154,12 @@ def _check_i2_s_codes(info: TensorInfo, raw: np.ndarray) -> None:
 def check_scales(gguf: GGUFFile) -> None:
     """Read every scale of every ternary tensor; ScaleError names the first negative, NaN or infinite one."""
     for info in gguf.tensors.values():
-        if info.type in (GGMLType.TQ1_0, GGMLType.TQ2_0):
-            _check(gguf, info.name, _block_scales(gguf.tensor_bytes(info.name), formats.get(info.type)), per_block=True)
-        elif info.type == GGMLType.I2_S:
-            _check(gguf, info.name, _i2_s_scale(gguf.tensor_bytes(info.name), info), per_block=False)
-        elif info.type in TL_TYPES:
+        fmt = formats.get(info.type)
+        if fmt.SCALE_TENSOR:
             _check(gguf, info.name + TL_SCALE_SUFFIX, _tl_scale(gguf, info), per_block=False)
-
-
-def _block_scales(raw: np.ndarray, fmt: ModuleType) -> np.ndarray:
-    """Strided view of each block's f16 d, the last field of a TQ1_0/TQ2_0 block."""
-    n_blocks = raw.size // fmt.BLOCK_BYTES
-    d_offset = fmt.BLOCK_BYTES - _F16.itemsize
-    return np.ndarray((n_blocks,), dtype=_F16, buffer=raw, offset=d_offset, strides=(fmt.BLOCK_BYTES,))
-
-
-def _i2_s_scale(raw: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """The f32 scale of an I2_S tensor, at byte n/4 (right after the codes, docs/FORMATS.md §3.1)."""
-    start = info.nbytes - i2_s.TRAILER_BYTES
-    return raw[start : start + _F32.itemsize].view(_F32)
+        elif info.type in formats.TERNARY_TYPES:  # scales in the tensor: one per block, or one per tensor (I2_S)
+            scales = fmt.stored_scales(gguf.tensor_bytes(info.name))
+            _check(gguf, info.name, scales, per_block=issubclass(fmt, BlockFormat))
 
 
 def _tl_scale(gguf: GGUFFile, info: TensorInfo) -> np.ndarray:

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bitnet_ref.constants import ARCH_BITNET, ARCH_BITNET_B158, KEY_ARCHITECTURE, GGMLType
+from bitnet_ref.constants import ARCH_BITNET, ARCH_BITNET_B158, KEY_ARCHITECTURE
+from bitnet_ref.formats import BF16, F16, F32, I2_S, Q8_0, TQ1_0, TQ2_0, WRITABLE
 
-FORMATS = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "i2_s")
+FORMATS = WRITABLE  # every format synthetic models come in
 PROFILES = ("ggml", "bitnet")
 THREADS = (1, 2)
 SYNTH_PRESETS = ("tiny", "small")
@@ -22,7 +23,7 @@ USER_MODEL_ENV = "BITNET_GGUF"
 LONG_FILL = 0.8  # the long prompt fills this fraction of the compared context
 LONG_CTX_CAP = 1024  # ... of at most this many tokens (every position's logits and activations are held)
 N_GREEDY = 8
-USER_FORMAT_PRIORITY = ("i2_s", "tq1_0", "tq2_0", "q8_0", "bf16", "f16", "f32")  # a user model's label: its linears
+USER_FORMAT_PRIORITY = (I2_S, TQ1_0, TQ2_0, Q8_0, BF16, F16, F32)  # a user model's label: its linears' format
 RELABEL_SUFFIX = ".as-bitnet.gguf"
 
 PROMPTS: dict[str, str] = {
@@ -104,7 +105,7 @@ def _synth_cases(presets, formats, prompts, profiles, threads) -> list[Case]:
 def _relu2_cases(presets, profiles) -> list[Case]:
     """The relu² model (bitnet-b1.58) that llama.cpp runs as `bitnet` (SiLU): an expected divergence."""
     return [
-        Case(preset=p, fmt="tq2_0", prompt="hello", profile=pf, threads=2, arch=ARCH_BITNET_B158)
+        Case(preset=p, fmt=TQ2_0.NAME, prompt="hello", profile=pf, threads=2, arch=ARCH_BITNET_B158)
         for p in presets
         for pf in profiles
     ]
@@ -117,7 +118,7 @@ def user_cases(path: str, profiles=PROFILES, prompts=("hello", "mixed", "long"))
     with read_gguf(path) as g:
         types = {t.type for t in g.tensors.values()}
         arch = g.arch
-    fmt = next(f for f in USER_FORMAT_PRIORITY if GGMLType[f.upper()] in types)
+    fmt = next(f.NAME for f in USER_FORMAT_PRIORITY if f.TYPE in types)
     return [Case("user", fmt, pr, pf, 2, arch=arch, user_path=str(path)) for pf in profiles for pr in prompts]
 
 
@@ -125,17 +126,17 @@ def matrix(*, quick: bool = False, with_2b4t: bool = False, user_model: str | No
     """The default matrix, or the quick CI subset; BITNET_GGUF (or user_model) adds a user's model."""
     if quick:
         cases = _synth_cases(("tiny",), FORMATS, ("hello",), PROFILES, (2,))
-        cases += _synth_cases(("tiny",), ("tq2_0",), ("mixed", "long"), PROFILES, (1,))
+        cases += _synth_cases(("tiny",), (TQ2_0.NAME,), ("mixed", "long"), PROFILES, (1,))
         cases += _relu2_cases(("tiny",), ("ggml",))
     else:
         # the full product on tiny; small at 2 threads (plus 1 thread on TQ2_0): neither engine's numbers depend on
         # the thread count (docs/NUMERICS.md §4.1), so the second count only guards against races, cheaply
         cases = _synth_cases(("tiny",), FORMATS, tuple(PROMPTS), PROFILES, THREADS)
         cases += _synth_cases(("small",), FORMATS, tuple(PROMPTS), PROFILES, (2,))
-        cases += _synth_cases(("small",), ("tq2_0",), tuple(PROMPTS), PROFILES, (1,))
+        cases += _synth_cases(("small",), (TQ2_0.NAME,), tuple(PROMPTS), PROFILES, (1,))
         cases += _relu2_cases(SYNTH_PRESETS, PROFILES)
         if with_2b4t:
-            cases += _synth_cases(("2b4t",), ("tq2_0", "i2_s"), ("hello", "long"), PROFILES, (2,))
+            cases += _synth_cases(("2b4t",), (TQ2_0.NAME, I2_S.NAME), ("hello", "long"), PROFILES, (2,))
     user_model = user_model or os.environ.get(USER_MODEL_ENV)
     if user_model:
         cases += user_cases(user_model)
@@ -157,7 +158,7 @@ def llama_model(case: Case, engine_path: Path) -> Path:
     from bitnet_ref.synth import tq2_0_twin
 
     with read_gguf(engine_path) as g:
-        has_i2s = any(t.type == GGMLType.I2_S for t in g.tensors.values())
+        has_i2s = any(t.type == I2_S.TYPE for t in g.tensors.values())
         arch = g.arch
     if has_i2s:
         return tq2_0_twin(engine_path)

@@ -16,7 +16,7 @@ import pytest
 
 from bitnet_ref import cli, synth, verify
 from bitnet_ref.errors import BitnetRefError
-from bitnet_ref.formats import tq2_0
+from bitnet_ref.formats import TQ2_0
 from bitnet_ref.gguf_reader import read_gguf
 
 LINEAR = "blk.1.attn_v.weight"
@@ -140,7 +140,7 @@ def test_verify_json(capsys, models):
 
 def test_verify_names_a_corrupted_scale(tmp_path, capsys, models):
     nan = np.array([np.nan], dtype="<f2").tobytes()
-    bad = corrupt(models["tq2_0"], tmp_path / "nan.gguf", LINEAR, 3 * tq2_0.BLOCK_BYTES + 64, nan)
+    bad = corrupt(models["tq2_0"], tmp_path / "nan.gguf", LINEAR, 3 * TQ2_0.BLOCK_BYTES + 64, nan)
     rc, out, _ = run(capsys, "verify", bad)
     assert rc == 1 and out.startswith("FAIL") and "scales" in out and LINEAR in out and "block 3" in out
     rc, out, _ = run(capsys, "verify", bad, "--json")

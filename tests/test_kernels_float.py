@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from bitnet_ref.formats import bf16 as fmt_bf16
-from bitnet_ref.formats import f16 as fmt_f16
+from bitnet_ref.formats import BF16, F16, Q8_0
 from bitnet_ref.kernels import activation, attention, dense, norm, rope
 from bitnet_ref.kernels.scalar import powf
 from bitnet_ref.numerics import PROFILES
@@ -540,8 +539,8 @@ def test_matmul_f16_f32_bf16_match_twins(lanes, T, M):
     tiled = dense.use_tiled("ggml", T, M, K, lanes)
     assert tiled == (T >= 2 and M % 4 == 0)
     cases = (
-        ("f16", fmt_f16, dense.round_rows_f16, dense.VEC_F16),
-        ("bf16", fmt_bf16, dense.round_rows_bf16, dense.VEC_BF16_AVX512 if lanes == 16 else dense.VEC_BF16_AVX2),
+        ("f16", F16, dense.round_rows_f16, dense.VEC_F16),
+        ("bf16", BF16, dense.round_rows_bf16, dense.VEC_BF16_AVX512 if lanes == 16 else dense.VEC_BF16_AVX2),
     )
     for name, fmt, rounding, variant in cases:
         raw = read_only(fmt.encode(w).view(np.uint16))
@@ -578,16 +577,14 @@ def test_round_rows_match_numpy():
     with np.errstate(over="ignore"):
         assert_same_bits(out, x.astype(np.float16).astype(F32), "f16 rounding")
     dense.round_rows_bf16(x, out)
-    assert_same_bits(out, fmt_bf16.decode(fmt_bf16.encode(x), (50, 3)), "bf16 rounding")
+    assert_same_bits(out, BF16.decode(BF16.encode(x), (50, 3)), "bf16 rounding")
 
 
 def test_q8_0_quantize_and_matmul_match_twins():
-    from bitnet_ref.formats import q8_0 as fmt_q8_0
-
     rng = np.random.default_rng(7)
     M, K, T = 12, 128, 3
     w = rng.standard_normal((M, K)).astype(F32)
-    raw = fmt_q8_0.encode(w)
+    raw = Q8_0.encode(w)
     x = rng.standard_normal((T, K)).astype(F32)
     x[1, :32] = 0  # an all-zero block
     qs, d = np.empty((T, K), np.int8), np.empty((T, K // 32), F32)
@@ -600,7 +597,7 @@ def test_q8_0_quantize_and_matmul_match_twins():
     assert_same_bits(out, twin_matmul_q8_0(raw, M, K, qs, d), "matmul_q8_0")
     out32 = np.empty((T, M), F32)
     dense.matmul_q8_0_f32(read_only(raw), M, K, x, 8, out32)
-    wf = fmt_q8_0.decode(raw, (K, M))
+    wf = Q8_0.decode(raw, (K, M))
     assert_same_bits(out32, twin_matmul(wf, x, False, 8, dense.VEC_F32), "matmul_q8_0_f32")
 
 
@@ -611,7 +608,7 @@ def test_q8_0_quantize_and_matmul_match_twins():
 def bf16_values(x) -> np.ndarray:
     """x rounded to bf16 as ggml does (nearest even; denormals kept), as f32 of the same shape."""
     x = np.asarray(x, F32)
-    bits = fmt_bf16.encode(x).view(np.uint16).reshape(x.shape)
+    bits = BF16.encode(x).view(np.uint16).reshape(x.shape)
     return (bits.astype(np.uint32) << 16).view(F32)
 
 
@@ -722,8 +719,8 @@ def test_matmul_bf16_dpbf16_matches_twin(T, M, K):
     w = (rng.standard_normal((M, K)) * rng.uniform(0.05, 5, (M, 1))).astype(F32)
     w[1] = 0
     x = rng.standard_normal((T, K)).astype(F32)
-    raw = fmt_bf16.encode(w)
-    wf = fmt_bf16.decode(raw, (K, M))
+    raw = BF16.encode(w)
+    wf = BF16.decode(raw, (K, M))
     xr = np.empty_like(x)
     dense.round_rows_bf16(x, xr)
     tiled = dense.use_tiled("ggml", T, M, K, dense.DPBF16_KN)
@@ -846,7 +843,7 @@ def test_dots_softmax_swiglu_match_ggml_exports():
         a = (rng.standard_normal((20, n)) * 3).astype(F32)
         b = rng.standard_normal(n).astype(F32)
         a16, b16 = a.astype(np.float16), b.astype(np.float16)
-        ab, bb = fmt_bf16.encode(a).view(np.uint16).reshape(20, n), fmt_bf16.encode(b).view(np.uint16)
+        ab, bb = BF16.encode(a).view(np.uint16).reshape(20, n), BF16.encode(b).view(np.uint16)
         for name, x, y, xf, yf, variant in (
             ("f16", a16, b16, a16.astype(F32), b16.astype(F32), dense.VEC_F16),
             ("f32", a, b, a, b, dense.VEC_F32),

@@ -11,8 +11,8 @@ import numba
 import numpy as np
 import pytest
 
-from bitnet_ref.kernels import actquant, scalar, simd, ternary
-from bitnet_ref.kernels.simd import ISA_NAMES, available_isas, isa_id
+from bitnet_ref.kernels import actquant, intrinsics, scalar, ternary
+from bitnet_ref.kernels.isa import ISA_NAMES, available_isas, host_features, isa_id
 
 F32 = np.float32
 ISAS = [isa_id(name) for name in available_isas()]
@@ -244,8 +244,8 @@ def weights(fmt: str, rng, M: int, K: int, random_bytes: bool):
 @numba.njit(cache=True)
 def _f16_all(out_hw, out_soft):
     for h in range(65536):
-        out_hw[h] = simd.f16_to_f32(h)
-        out_soft[h] = simd.f16_to_f32_soft(h)
+        out_hw[h] = intrinsics.f16_to_f32(h)
+        out_soft[h] = intrinsics.f16_to_f32_soft(h)
 
 
 def test_f16_to_f32_all_bit_patterns():
@@ -256,6 +256,42 @@ def test_f16_to_f32_all_bit_patterns():
     assert np.array_equal(soft.view(np.uint32), want.view(np.uint32))
     nan = np.isnan(want)
     assert np.array_equal(hw[~nan].view(np.uint32), want[~nan].view(np.uint32)) and np.isnan(hw[nan]).all()
+
+
+@numba.njit(cache=True)
+def _f16_encode(x, out_hw, out_soft):
+    for i in range(x.size):
+        out_hw[i] = intrinsics.f32_to_f16(x[i])
+        out_soft[i] = intrinsics.f32_to_f16_soft(x[i])
+
+
+def test_f32_to_f16_matches_numpy():
+    """Both f16 encoders round like numpy's float16 cast (nearest even): every f16 value, the ties between neighbours
+    and one f32 step either side of them, subnormals, the overflow edge, zeros, infinities; NaN gives the same NaN
+    bits from both (quieted, as vcvtps2ph)."""
+    f16 = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)  # +0 .. 65504, increasing
+    ties = ((f16[:-1] + f16[1:]) / 2).astype(F32)  # exact in f32
+    rng = np.random.default_rng(12)
+    pos = np.concatenate(
+        [
+            f16.astype(F32),
+            ties,
+            np.nextafter(ties, F32(0)),
+            np.nextafter(ties, F32(np.inf)),
+            (rng.standard_normal(100_000) * 2.0 ** rng.integers(-30, 20, 100_000)).astype(F32),
+            np.array([65519.99, 65520, 65536, 1e30, 1e-45, 2.0**-126, np.inf], F32),
+        ]
+    )
+    x = np.concatenate([pos, -pos])
+    hw, soft = np.empty(x.size, np.uint16), np.empty(x.size, np.uint16)
+    _f16_encode(x, hw, soft)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    assert np.array_equal(hw, want) and np.array_equal(soft, want)
+    nans = np.array([0x7FC00000, 0x7F800001, 0xFFBFFFFF, 0x7FA5A000], np.uint32).view(F32)
+    hw, soft = np.empty(4, np.uint16), np.empty(4, np.uint16)
+    _f16_encode(nans, hw, soft)
+    assert np.isnan(hw.view(np.float16)).all() and np.array_equal(hw, soft)
 
 
 def test_round_f16_arith_matches_numpy():
@@ -293,14 +329,14 @@ def test_layouts_match_the_format_encoders():
     t = rng.integers(-1, 2, (3, 512)).astype(np.int8)
     checked = 0
     for name, pack in (("tq2_0", pack_tq2_0), ("tq1_0", pack_tq1_0)):
-        mod = getattr(formats, name)
+        mod = formats.by_name(name)
         if hasattr(mod, "encode_ternary"):
             got = mod.encode_ternary(t, 0.5)
             want = pack(t.astype(np.int64) + 1, np.full((3, 2), 0.5, np.float16))
             assert np.array_equal(got, want), name
             checked += 1
-    if hasattr(formats.i2_s, "encode_ternary"):
-        assert np.array_equal(formats.i2_s.encode_ternary(t, 0.5), pack_i2s(t.astype(np.int64) + 1, 0.5))
+    if hasattr(formats.I2_S, "encode_ternary"):
+        assert np.array_equal(formats.I2_S.encode_ternary(t, 0.5), pack_i2s(t.astype(np.int64) + 1, 0.5))
         checked += 1
     if not checked:
         pytest.skip("no format encoders yet")
@@ -542,7 +578,7 @@ def _run_with_features(tmp_path, code: str, edit) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("avx2" not in simd.host_features(), reason="x86-64 host with AVX2 only")
+@pytest.mark.skipif("avx2" not in host_features(), reason="x86-64 host with AVX2 only")
 def test_vnni_path_compiles_to_vpdpbusd(tmp_path):
     """On an avx512_vnni target (compile only: this host may not run it) the default ISA is VNNI and uses vpdpbusd."""
 
@@ -557,7 +593,7 @@ def test_vnni_path_compiles_to_vpdpbusd(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("avx2" not in simd.host_features(), reason="x86-64 host with AVX2 only")
+@pytest.mark.skipif("avx2" not in host_features(), reason="x86-64 host with AVX2 only")
 def test_generic_ir_path_without_avx2_fma_f16c(tmp_path):
     """Forced onto a host without AVX2/FMA/F16C, the SIMD kernels' generic LLVM fallbacks still match the twins."""
 

@@ -74,8 +74,8 @@ def test_every_format_reads_back_valid(tiny, fmt):
             dims.n_ctx,
         )
         assert c.rope_base == 500000.0 and c.rms_eps == pytest.approx(1e-5) and c.tied_output
-        assert g.metadata["general.file_type"] == synth.FILE_TYPES[fmt]
-        assert g.tensors[LINEAR].type == synth.WEIGHT_TYPES[fmt]
+        assert g.metadata["general.file_type"] == formats.by_name(fmt).FILE_TYPE
+        assert g.tensors[LINEAR].type == formats.by_name(fmt).TYPE
         assert g.tensors["token_embd.weight"].type == (GGMLType.F32 if fmt == "f32" else GGMLType.F16)
         assert g.tensors["blk.0.attn_norm.weight"].type == GGMLType.F32
 

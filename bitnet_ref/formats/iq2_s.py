@@ -6,7 +6,7 @@ Sub-block ib (32 elements) and group l (8 elements) give elements `32ib + 8l + j
 `idx = qs[4ib + l] | ((qh[ib] >> 2l) & 3) << 8`, `s = scales[ib]` low nibble for l < 2, high nibble otherwise,
 `db = d * (0.5 + s) * 0.25`, `w = db * grid[idx][j] * (-1 if bit j of signs[4ib + l] else +1)`.
 The grid (ggml's `iq2s_grid`, 1024 x 8 magnitudes in {8, 25, 43}) is loaded from gguf-py at import, not retyped.
-Not ternary: there is no zero level. `shape` arguments are ggml ne-order tuples (ne0 first, like `nbytes`).
+Not ternary: there is no zero level.
 """
 
 from __future__ import annotations
@@ -15,17 +15,9 @@ import numpy as np
 from gguf.quants import IQ2_S as _GGUF_IQ2_S
 
 from bitnet_ref.constants import GGMLType
-from bitnet_ref.formats import blocks
+from bitnet_ref.formats.base import BlockFormat
 
-TYPE = GGMLType.IQ2_S
-BLOCK_ELEMS = 256
-BLOCK_BYTES = 82
-SUB_BLOCKS = 8  # ib: 32 elements each
-GROUPS = 4  # l: 8 elements each, one grid entry
-GROUP_ELEMS = 8  # j
-HIGH_BITS_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)  # qh[ib] >> 2l: bits 8-9 of group l's index
-SIGN_BITS = np.arange(GROUP_ELEMS, dtype=np.uint8)  # bit j of a sign byte negates element j
-NIBBLE_OF_GROUP = np.array([0, 0, 1, 1])  # groups 0-1 use the low scale nibble, 2-3 the high one
+GROUP_ELEMS = 8  # j: elements per grid entry
 
 
 def _load_grid() -> np.ndarray:
@@ -34,33 +26,38 @@ def _load_grid() -> np.ndarray:
     return np.asarray(_GGUF_IQ2_S.grid, dtype=np.float32).reshape(1024, GROUP_ELEMS)
 
 
-GRID = _load_grid()
+class IQ2_S(BlockFormat):
+    """IQ2_S blocks: an f16 scale, grid indices, signs, high index bits and 4-bit sub-block scales."""
 
-# block layout: field -> byte range inside one 82-byte block
-D = slice(0, 2)  # f16 super-block scale
-QS = slice(2, 34)  # low 8 bits of the grid index of group 4ib + l
-SIGNS = slice(34, 66)  # sign bits of group 4ib + l
-QH = slice(66, 74)  # bits 8-9 of the grid indices of sub-block ib, two bits per group
-SCALES = slice(74, 82)  # two 4-bit scales per sub-block
+    TYPE = GGMLType.IQ2_S
+    BLOCK_ELEMS = 256
+    BLOCK_BYTES = 82
+    SUB_BLOCKS = 8  # ib: 32 elements each
+    GROUPS = 4  # l: 8 elements each, one grid entry
+    GROUP_ELEMS = GROUP_ELEMS
+    HIGH_BITS_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)  # qh[ib] >> 2l: bits 8-9 of group l's index
+    SIGN_BITS = np.arange(GROUP_ELEMS, dtype=np.uint8)  # bit j of a sign byte negates element j
+    NIBBLE_OF_GROUP = np.array([0, 0, 1, 1])  # groups 0-1 use the low scale nibble, 2-3 the high one
+    GRID = _load_grid()
+    # block layout: field -> byte range inside one 82-byte block
+    D = slice(0, 2)  # f16 super-block scale
+    QS = slice(2, 34)  # low 8 bits of the grid index of group 4ib + l
+    SIGNS = slice(34, 66)  # sign bits of group 4ib + l
+    QH = slice(66, 74)  # bits 8-9 of the grid indices of sub-block ib, two bits per group
+    SCALES = slice(74, 82)  # two 4-bit scales per sub-block
 
-
-def nbytes(shape: tuple[int, ...]) -> int:
-    """Bytes of a tensor with ggml shape `shape` (ne0 first)."""
-    return blocks.nbytes(TYPE.name, BLOCK_ELEMS, BLOCK_BYTES, shape)
-
-
-def decode(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Float32 array in numpy order (ne reversed) from the bytes of an IQ2_S tensor (bit-exact with gguf-py)."""
-    packed = blocks.raw_blocks(TYPE.name, BLOCK_ELEMS, BLOCK_BYTES, raw, shape)
-    n = packed.shape[0]
-    d = blocks.load_f16(packed, D).reshape(n, 1, 1)
-    high = (packed[:, QH, None] >> HIGH_BITS_SHIFTS) & 3  # (n, ib, l)
-    idx = packed[:, QS].reshape(n, SUB_BLOCKS, GROUPS).astype(np.uint16) | (high.astype(np.uint16) << 8)
-    nibbles = (packed[:, SCALES, None] >> np.array([0, 4], dtype=np.uint8)) & 0xF  # (n, ib, low/high)
-    s = nibbles[:, :, NIBBLE_OF_GROUP].astype(np.float32)  # (n, ib, l)
-    sign_bits = (packed[:, SIGNS].reshape(n, SUB_BLOCKS, GROUPS, 1) >> SIGN_BITS) & 1
-    signs = np.where(sign_bits == 0, np.float32(1), np.float32(-1))  # (n, ib, l, j)
-    with np.errstate(invalid="ignore", over="ignore"):  # an inf or NaN d decodes to inf/NaN, as in ggml
-        db = d * (np.float32(0.5) + s) * np.float32(0.25)
-        w = db[..., None] * GRID[idx] * signs  # (n, ib, l, j)
-    return w.reshape(blocks.numpy_shape(TYPE.name, shape))
+    @classmethod
+    def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """Bit-exact with gguf-py; an inf or NaN d decodes to inf/NaN, as in ggml."""
+        n = blocks.shape[0]
+        d = cls.load_f16(blocks, cls.D).reshape(n, 1, 1)
+        high = (blocks[:, cls.QH, None] >> cls.HIGH_BITS_SHIFTS) & 3  # (n, ib, l)
+        idx = blocks[:, cls.QS].reshape(n, cls.SUB_BLOCKS, cls.GROUPS).astype(np.uint16) | (high.astype(np.uint16) << 8)
+        nibbles = (blocks[:, cls.SCALES, None] >> np.array([0, 4], dtype=np.uint8)) & 0xF  # (n, ib, low/high)
+        s = nibbles[:, :, cls.NIBBLE_OF_GROUP].astype(np.float32)  # (n, ib, l)
+        sign_bits = (blocks[:, cls.SIGNS].reshape(n, cls.SUB_BLOCKS, cls.GROUPS, 1) >> cls.SIGN_BITS) & 1
+        signs = np.where(sign_bits == 0, np.float32(1), np.float32(-1))  # (n, ib, l, j)
+        with np.errstate(invalid="ignore", over="ignore"):
+            db = d * (np.float32(0.5) + s) * np.float32(0.25)
+            w = db[..., None] * cls.GRID[idx] * signs  # (n, ib, l, j)
+        return w.reshape(n, cls.BLOCK_ELEMS)

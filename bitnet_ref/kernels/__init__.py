@@ -1,9 +1,11 @@
-"""numba kernels: ternary products on packed weights, activation quantization (actquant, ternary, simd), float ops.
+"""numba kernels: ternary products on packed weights, activation quantization, float ops; LLVM intrinsics they
+share (intrinsics), the CPU features and ISA they target (isa).
 
 Freshness of numba's on-disk cache: numba checks a cached kernel only against its own source file, so an edit to a
 helper in another kernel module (an intrinsic, an inlined function) would leave stale machine code in the cache. Each
 cache entry of a function that is, or calls into, a kernel of this package is therefore stamped with a hash of every
-kernel source file too: editing any of them recompiles them all on next use.
+kernel source file and bitnet_ref.formats module too (the kernels compile the format classes' layout numbers in as
+constants): editing any of them recompiles them all on next use.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ _DIR = Path(__file__).resolve().parent
 
 
 def _tree_hash() -> str:
-    """sha256 over the names and contents of this package's .py files."""
+    """sha256 over the names and contents of the .py files of this package and of bitnet_ref.formats."""
     h = hashlib.sha256()
-    for path in sorted(_DIR.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted([*_DIR.glob("*.py"), *(_DIR.parent / "formats").glob("*.py")]):
+        h.update(str(path.relative_to(_DIR.parent)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bitnet_ref.kernels.scalar import bits_f32, expf, f32_bits, fma32
+from bitnet_ref.kernels.intrinsics import bits_f32, expf, f32_bits, fma32
 
 _ROUNDER = np.float32(float.fromhex("0x1.8p23"))
 _LOG2E = np.float32(float.fromhex("0x1.715476p0"))

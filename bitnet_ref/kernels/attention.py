@@ -20,7 +20,8 @@ from numba import njit, prange
 
 from bitnet_ref.kernels.activation import v_expf
 from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
-from bitnet_ref.kernels.scalar import expf, load, round_f16, store
+from bitnet_ref.kernels.intrinsics import expf
+from bitnet_ref.kernels.scalar import load, round_f16, store
 
 PARALLEL_WORK = 1 << 20  # query·cell·dim products from which attention uses the thread pool
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from bitnet_ref.kernels.lanes import fma_lanes
-from bitnet_ref.kernels.scalar import bf16_to_f32, bits_f32, f16_to_f32, f32_bits, fma32, load, round_bf16, round_f16
+from bitnet_ref.formats import Q8_0
+from bitnet_ref.kernels.intrinsics import bits_f32, f16_to_f32, f32_bits, fma32, fma_lanes
+from bitnet_ref.kernels.scalar import bf16_to_f32, load, round_bf16, round_f16
 
 ROW_BLOCK = 16  # rows decoded per scratch allocation in the parallel loops
-Q8_0_BLOCK = 32
-Q8_0_BYTES = 34
+Q8_0_BLOCK = Q8_0.BLOCK_ELEMS  # 32
+Q8_0_BYTES = Q8_0.BLOCK_BYTES  # 34: d f16 @0, qs i8[32] @2
 
 # vec_dot reduction variants
 VEC_F16 = 0  # ggml_vec_dot_f16: 4 accumulators, reduce_vec, leftovers added in double

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bitnet_ref.kernels.scalar import cosf, fma32, sinf
+from bitnet_ref.kernels.intrinsics import cosf, fma32, sinf
 
 
 @njit(cache=True, inline="always")

@@ -1,8 +1,5 @@
-"""Scalar primitives numba lacks, as LLVM intrinsics: fused multiply-add, bit casts, f16/bf16 conversion, libm calls.
-
-Each compiles to one LLVM instruction or one libm call, so kernels stay plain loops that LLVM can vectorize
-(`fpext half→float` becomes vcvtph2ps on F16C hosts, `llvm.fma.f32` becomes vfmadd). libm's cosf/sinf/expf/powf are
-called by symbol name, which resolves to the process's glibc: the same code llama.cpp's CPU build calls.
+"""Scalar float helpers in plain numba on top of intrinsics.py: f16/bf16 rounding and decoding, f16-or-f32 element
+access (`load`, `store`), and glibc's powf for Python callers.
 """
 
 from __future__ import annotations
@@ -12,105 +9,10 @@ import ctypes.util
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-_F32 = ir.FloatType()
-_HALF = ir.HalfType()
-
-
-@intrinsic
-def fma32(typingctx, a, b, c):
-    """f32 a·b + c with a single rounding (llvm.fma.f32)."""
-    if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.fma", [_F32], ir.FunctionType(_F32, [_F32, _F32, _F32]))
-        return builder.call(fn, args)
-
-    return types.float32(types.float32, types.float32, types.float32), codegen
-
-
-@intrinsic
-def f32_bits(typingctx, x):
-    """The IEEE bits of an f32 as int32."""
-    if not (isinstance(x, types.Float) and x.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def bits_f32(typingctx, i):
-    """The f32 whose IEEE bits are the int32 i."""
-    if not (isinstance(i, types.Integer) and i.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], _F32)
-
-    return types.float32(i), codegen
-
-
-@intrinsic
-def f16_to_f32(typingctx, h):
-    """Exact conversion of f16 bits (uint16) to f32."""
-    if not (isinstance(h, types.Integer) and h.bitwidth == 16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], _HALF), _F32)
-
-    return types.float32(h), codegen
-
-
-@intrinsic
-def f32_to_f16(typingctx, x):
-    """f32 to f16 bits (uint16), round to nearest even (= F16C and numpy astype(float16))."""
-    if not (isinstance(x, types.Float) and x.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], _HALF), ir.IntType(16))
-
-    return types.uint16(types.float32), codegen
-
-
-def _libm_unary(typingctx, x, symbol):
-    """Typing and codegen of a call to libm's f32 -> f32 function `symbol`."""
-    if not (isinstance(x, types.Float) and x.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32, [_F32]), symbol)
-        return builder.call(fn, args)
-
-    return types.float32(types.float32), codegen
-
-
-@intrinsic
-def cosf(typingctx, x):
-    """glibc cosf."""
-    return _libm_unary(typingctx, x, "cosf")
-
-
-@intrinsic
-def sinf(typingctx, x):
-    """glibc sinf."""
-    return _libm_unary(typingctx, x, "sinf")
-
-
-@intrinsic
-def expf(typingctx, x):
-    """glibc expf."""
-    return _libm_unary(typingctx, x, "expf")
-
+from bitnet_ref.kernels.intrinsics import bits_f32, f16_to_f32, f32_bits, f32_to_f16
 
 _LIBM = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
 _LIBM.powf.argtypes = [ctypes.c_float, ctypes.c_float]

@@ -23,9 +23,9 @@ bitnet profile (`*_i8`, activations from `quantize_i8_rows`: q, s, act_sum):
   for b in order: acc = f32(acc + f32(f32(D_b)·d_b)) with d_b the block's f16 d; y = f32(acc / s).
   act_sum is unused (per-block Σq is computed once per call).
 
-Two paths, chosen by `isa` (simd.ISA_*; `kernel_isa()` names the default):
-- SIMD (avx2, avx512vnni): the packed bytes go straight into the dot intrinsics of simd.py; tokens are taken 4 at a
-  time so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
+Two paths, chosen by `isa` (isa.ISA_*; `kernel_isa()` names the default):
+- SIMD (avx2, avx512vnni): the packed bytes go straight into the dot intrinsics of intrinsics.py; tokens are taken 4
+  at a time so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
 - portable: plain numba loops; a weight row is decoded once into planes (below) that every token row reuses.
 """
 
@@ -35,11 +35,9 @@ import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.errors import FormatError
-from bitnet_ref.kernels.scalar import round_f16_arith
-from bitnet_ref.kernels.simd import (
-    ISA_NAMES,
-    ISA_PORTABLE,
-    default_isa,
+from bitnet_ref.formats import I2_S, TQ1_0, TQ2_0
+from bitnet_ref.kernels.intrinsics import (
+    bits_f32,
     dot_i2s,
     dot_i2s4,
     dot_i2s_q8k,
@@ -54,19 +52,20 @@ from bitnet_ref.kernels.simd import (
     dot_tq2_q8k_t4,
     dot_tq2_t4,
     f16_to_f32,
-    f32_from_bits,
+    f32x8_fma,
     f32x8_zero,
-    fma_f32,
-    fma_lanes,
+    fma32,
     hsum8,
     hsum_i32,
     i32x8_zero,
 )
+from bitnet_ref.kernels.isa import ISA_NAMES, ISA_PORTABLE, default_isa
+from bitnet_ref.kernels.scalar import round_f16_arith
 
-QK = 256  # elements per TQ / Q8_K block
-TQ2_0_BYTES = 66  # qs u8[64] @0, d f16 @64
-TQ1_0_BYTES = 54  # qs u8[48] @0, qh u8[4] @48, d f16 @52
-I2S_BLOCK = 128  # elements per I2_S (x86) block, in 32 bytes
+QK = TQ2_0.BLOCK_ELEMS  # elements per TQ / Q8_K block (256)
+TQ2_0_BYTES = TQ2_0.BLOCK_BYTES  # 66: qs u8[64] @0, d f16 @64
+TQ1_0_BYTES = TQ1_0.BLOCK_BYTES  # 54: qs u8[48] @0, qh u8[4] @48, d f16 @52
+I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128), in I2_S.BLOCK_BYTES = 32 bytes
 FMT_TQ2_0, FMT_TQ1_0, FMT_I2S = 0, 1, 2
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
 
@@ -93,7 +92,7 @@ def _i2s_scale(w, M, K):
     """The f32 per-tensor I2_S scale stored little-endian at byte M·K/4."""
     o = M * K // 4
     bits = np.int64(w[o]) | (np.int64(w[o + 1]) << 8) | (np.int64(w[o + 2]) << 16) | (np.int64(w[o + 3]) << 24)
-    return f32_from_bits(bits)
+    return bits_f32(bits)
 
 
 @njit(cache=True)
@@ -145,7 +144,7 @@ def _block_sums(q, nb):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# SIMD path: packed bytes straight into the dot intrinsics (simd.py); a weight row stays in L1 across token rows
+# SIMD path: packed bytes straight into the dot intrinsics (intrinsics.py); a weight row stays in L1 across token rows
 
 
 @njit(cache=True)
@@ -208,10 +207,10 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
                 o = row + bb * b
                 v = _q8k_block4(w, o, qs, t * K + QK * b, K, bsums, t * (K // 16) + 16 * b, fmt, isa)
                 dw = _block_d(w, o, bb, fmt, d_twin)
-                f0 = fma_lanes(f0, v[0], np.float32(dx[t, b] * dw))
-                f1 = fma_lanes(f1, v[1], np.float32(dx[t + 1, b] * dw))
-                f2 = fma_lanes(f2, v[2], np.float32(dx[t + 2, b] * dw))
-                f3 = fma_lanes(f3, v[3], np.float32(dx[t + 3, b] * dw))
+                f0 = f32x8_fma(f0, v[0], np.float32(dx[t, b] * dw))
+                f1 = f32x8_fma(f1, v[1], np.float32(dx[t + 1, b] * dw))
+                f2 = f32x8_fma(f2, v[2], np.float32(dx[t + 2, b] * dw))
+                f3 = f32x8_fma(f3, v[3], np.float32(dx[t + 3, b] * dw))
             out[t, m] = hsum8(f0)
             out[t + 1, m] = hsum8(f1)
             out[t + 2, m] = hsum8(f2)
@@ -221,7 +220,7 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
             for b in range(nb):
                 o = row + bb * b
                 v = _q8k_block(w, o, qs, t * K + QK * b, bsums, t * (K // 16) + 16 * b, fmt, isa)
-                acc = fma_lanes(acc, v, np.float32(dx[t, b] * _block_d(w, o, bb, fmt, d_twin)))
+                acc = f32x8_fma(acc, v, np.float32(dx[t, b] * _block_d(w, o, bb, fmt, d_twin)))
             out[t, m] = hsum8(acc)
 
 
@@ -417,7 +416,7 @@ def _portable_q8k(w, M, K, qs, dx, bsums, out, fmt):
                     _plane_lanes(planes, ap[t], bb * b, fmt, lanes)
                     db = np.float32(dx[t, b] * _block_d(w, row + bb * b, bb, fmt, d_twin))
                     for k in range(8):
-                        facc[k] = fma_f32(np.float32(lanes[k]), db, facc[k])
+                        facc[k] = fma32(np.float32(lanes[k]), db, facc[k])
                 out[t, m] = ((facc[4] + facc[0]) + (facc[6] + facc[2])) + ((facc[5] + facc[1]) + (facc[7] + facc[3]))
 
 
@@ -507,7 +506,7 @@ def matmul_i2s_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
 # ---------------------------------------------------------------------------------------------------------------------
 # argument checks (Python; the engine runs them once per weight at load time)
 
-FORMATS = ("tq2_0", "tq1_0", "i2_s")
+FORMATS = (TQ2_0.NAME, TQ1_0.NAME, I2_S.NAME)  # the `fmt` names check_weight / check_matmul take
 MAX_K = 65536  # keeps every int->f32 conversion of the epilogues exact
 
 

@@ -1,0 +1,707 @@
+"""Everything the kernels emit as LLVM IR through numba's `@intrinsic`, one name per helper.
+
+- f32 scalars: `fma32` (llvm.fma: one rounding), the bit casts `f32_bits` / `bits_f32`, f16 <-> f32 (`f16_to_f32`,
+  `f32_to_f16`), glibc's `cosf` / `sinf` / `expf` called by symbol name (the process's libm: the code llama.cpp's CPU
+  build calls).
+- 8-lane registers, the numba types I32x8 / F32x8: zeros, `f32x8_fma` (_mm256_fmadd_ps), `hsum8` (ggml's
+  hsum_float_8: ((a4+a0) + (a6+a2)) + ((a5+a1) + (a7+a3))), `hsum_i32`.
+- `fma_lanes`: the inner loop of ggml's float dots, acc[j] = fma(a[c·width + j], b[c·width + j], acc[j]), with the
+  `width` accumulators held in <8 x float> registers for the whole loop (numba's own loop over a heap array reloads
+  them every chunk, and falls back to scalar code when it cannot prove the arrays do not alias). Each lane is one
+  sequential chain, so the result does not depend on how lanes are grouped into machine registers.
+- the ternary dots `dot_<fmt>[_q8k][_t4]`, on one primitive: 32 unsigned codes u (0..3) times 32 int8 activations q
+  give 8 int32 lanes, lane k = Σ_{j<4} u[4k+j]·q[4k+j]. With the 32 activations starting at a multiple of 32 inside a
+  256-block, lane k holds the elements with (e mod 32) ∈ [4k, 4k+3]: ggml's TQ lane grouping. Two x86 sequences
+  compute it, chosen by the runtime argument `isa` (a loop-invariant branch that LLVM hoists):
+  ISA_AVX2, vpmaddubsw (u8×i8 pairs → i16), the vectors of a block added in int16, then one vpmaddwd with ones
+  (i16 pairs → i32), as ggml's AVX2 TQ kernels; exact: a vpmaddubsw sum is at most 2·3·128 = 768 and a call adds at
+  most 16 of them (plus Q8_K bsums ≤ 16·128), far below 2^15. ISA_AVX512VNNI, vpdpbusd on 256-bit vectors
+  (avx512vl): the four u8×i8 products of a lane added in int32. Integer sums are exact, so both (and the portable
+  numba loops of ternary.py) give the same lanes bit for bit. Weights are decoded in registers: 2-bit fields by shift
+  and mask (TQ2_0 low pair first, I2_S high pair first), TQ1_0 trits by ×3^n in 8-bit adds and shifts, then
+  [p ≥ 86] + [p ≥ 171] (= (3p) >> 8). The `_t4` forms decode a block once for 4 token rows (prefill).
+
+One fallback path: where an instruction needs a CPU feature, its code generator asks `isa.host_has` (numba's target,
+at compile time) and, on a target without it, emits portable LLVM code with the same result bit for bit: f16 <-> f32
+by integer operations without F16C (vcvtph2ps / vcvtps2ph quiet signaling NaNs, the portable decoder keeps them;
+nothing else differs), vpmaddubsw / vpmaddwd as generic vector arithmetic without AVX2, the AVX2 sequence without
+AVX512-VNNI. So every kernel compiles and gives the same numbers on every x86-64 host. llvm.fma needs no choice:
+without FMA hardware LLVM calls libm's fmaf, one rounding too. `f16_to_f32_soft` / `f32_to_f16_soft` force the
+portable f16 code so that tests check it on any host.
+
+ISA detection and the ternary kernels' runtime `isa` choice live in isa.py: Python-level facts about the host that the
+engine, tests and bench read without LLVM, and this module is long enough with the code generators alone.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from bitnet_ref.kernels.isa import ISA_AVX512VNNI, host_has
+
+_I8 = ir.IntType(8)
+_I16 = ir.IntType(16)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+_HALF = ir.HalfType()
+_V32I8 = ir.VectorType(_I8, 32)
+_V8I16 = ir.VectorType(_I16, 8)
+_V16I16 = ir.VectorType(_I16, 16)
+_V32I16 = ir.VectorType(_I16, 32)
+_V8I32 = ir.VectorType(_I32, 8)
+_V8F32 = ir.VectorType(_F32, 8)
+
+
+def _splat(vecty, value):
+    return ir.Constant(vecty, [value] * vecty.count)
+
+
+def _like(ty, elem):
+    """`elem`, or a vector of `elem` as long as `ty` where `ty` is a vector type."""
+    return ir.VectorType(elem, ty.count) if isinstance(ty, ir.VectorType) else elem
+
+
+def _const(ty, value):
+    """A constant of scalar or vector type `ty` (splatted)."""
+    return _splat(ty, value) if isinstance(ty, ir.VectorType) else ir.Constant(ty, value)
+
+
+def _call(builder, name: str, retty, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(retty, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+def _is_f32(*tys) -> bool:
+    return all(isinstance(t, types.Float) and t.bitwidth == 32 for t in tys)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# f32 scalars
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """f32 a·b + c with a single rounding (llvm.fma.f32: hardware FMA, or libm's fmaf without it)."""
+    if not _is_f32(a, b, c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.fma.f32", _F32, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """The IEEE bits of an f32 as int32."""
+    if not _is_f32(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def bits_f32(typingctx, bits):
+    """The f32 whose IEEE bits are the low 32 bits of an integer."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(context.cast(builder, args[0], sig.args[0], types.uint32), _F32)
+
+    return types.float32(bits), codegen
+
+
+def _f16_to_f32_ir(builder, h16, hardware: bool):
+    """f32 values of the f16 bits h16 (i16 or a vector of them): fpext half (vcvtph2ps) if `hardware` and the target
+    has F16C, else integer operations (exact; signaling NaNs stay signaling)."""
+    i32, f32 = _like(h16.type, _I32), _like(h16.type, _F32)
+    if hardware and host_has("f16c"):
+        return builder.fpext(builder.bitcast(h16, _like(h16.type, _HALF)), f32)
+    h = builder.zext(h16, i32)
+    sign = builder.shl(builder.and_(h, _const(i32, 0x8000)), _const(i32, 16))
+    em = builder.and_(h, _const(i32, 0x7FFF))
+    e = builder.lshr(em, _const(i32, 10))
+    bits = builder.add(builder.shl(em, _const(i32, 13)), _const(i32, 112 << 23))  # rebias 15 -> 127
+    inf_nan = builder.icmp_unsigned("==", e, _const(i32, 31))
+    bits = builder.select(inf_nan, builder.add(bits, _const(i32, 112 << 23)), bits)  # exponent 255
+    normal = builder.bitcast(builder.or_(bits, sign), f32)
+    tiny = builder.fmul(builder.uitofp(em, f32), _const(f32, 2.0**-24))  # subnormal or zero, exact
+    tiny = builder.bitcast(builder.or_(builder.bitcast(tiny, i32), sign), f32)
+    return builder.select(builder.icmp_unsigned("==", e, _const(i32, 0)), tiny, normal)
+
+
+def _f32_to_f16_ir(builder, x, hardware: bool):
+    """f16 bits (i16) of the f32 x rounded to nearest even: fptrunc (vcvtps2ph) if `hardware` and the target has F16C,
+    else integer operations with the same result (a NaN quieted, the top 10 bits of its payload kept)."""
+    if hardware and host_has("f16c"):
+        return builder.bitcast(builder.fptrunc(x, _HALF), _I16)
+
+    def c(v):
+        return ir.Constant(_I32, v)
+
+    u = builder.bitcast(x, _I32)
+    a = builder.and_(u, c(0x7FFFFFFF))
+    sign = builder.and_(builder.lshr(u, c(16)), c(0x8000))
+    odd = builder.and_(builder.lshr(a, c(13)), c(1))
+    normal = builder.lshr(builder.add(builder.add(a, c(0xFFF - (112 << 23))), odd), c(13))  # rebias, round half even
+    tiny = builder.fadd(builder.bitcast(a, _F32), ir.Constant(_F32, 0.5))  # ulp(0.5) = 2^-24, f16's subnormal step
+    tiny = builder.sub(builder.bitcast(tiny, _I32), c(0x3F000000))
+    nan = builder.or_(c(0x7E00), builder.and_(builder.lshr(a, c(13)), c(0x3FF)))
+    out = builder.select(builder.icmp_unsigned("<", a, c(0x38800000)), tiny, normal)  # below 2^-14: subnormal
+    out = builder.select(builder.icmp_unsigned(">=", a, c(0x47800000)), c(0x7C00), out)  # ≥ 2^16: inf
+    out = builder.select(builder.icmp_unsigned(">", a, c(0x7F800000)), nan, out)
+    return builder.trunc(builder.or_(out, sign), _I16)
+
+
+def _f16_decoder(bits, hardware: bool):
+    """Typing and codegen of f16 bits (the low 16 bits of any integer) -> f32."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        h16 = builder.trunc(context.cast(builder, args[0], sig.args[0], types.int64), _I16)
+        return _f16_to_f32_ir(builder, h16, hardware)
+
+    return types.float32(bits), codegen
+
+
+def _f16_encoder(x, hardware: bool):
+    """Typing and codegen of f32 -> f16 bits (uint16)."""
+    if not _is_f32(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _f32_to_f16_ir(builder, args[0], hardware)
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """The f32 value (exact) of the f16 whose bits are the low 16 bits of an integer."""
+    return _f16_decoder(bits, True)
+
+
+@intrinsic
+def f16_to_f32_soft(typingctx, bits):
+    """f16_to_f32 by the portable code (what hosts without F16C run)."""
+    return _f16_decoder(bits, False)
+
+
+@intrinsic
+def f32_to_f16(typingctx, x):
+    """f32 to f16 bits (uint16), round to nearest even (= F16C and numpy astype(float16))."""
+    return _f16_encoder(x, True)
+
+
+@intrinsic
+def f32_to_f16_soft(typingctx, x):
+    """f32_to_f16 by the portable code (what hosts without F16C run)."""
+    return _f16_encoder(x, False)
+
+
+def _libm_unary(x, symbol: str):
+    """Typing and codegen of a call to libm's f32 -> f32 function `symbol`."""
+    if not _is_f32(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, symbol, _F32, args)
+
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def cosf(typingctx, x):
+    """glibc cosf."""
+    return _libm_unary(x, "cosf")
+
+
+@intrinsic
+def sinf(typingctx, x):
+    """glibc sinf."""
+    return _libm_unary(x, "sinf")
+
+
+@intrinsic
+def expf(typingctx, x):
+    """glibc expf."""
+    return _libm_unary(x, "expf")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 8-lane registers: numba types for LLVM vectors, and operations on them
+
+
+class I32x8Type(types.Type):
+    """Eight int32 lanes (LLVM <8 x i32>)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="I32x8")
+
+
+class F32x8Type(types.Type):
+    """Eight float32 lanes (LLVM <8 x float>)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="F32x8")
+
+
+i32x8 = I32x8Type()
+f32x8 = F32x8Type()
+
+
+@register_model(I32x8Type)
+class _I32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8I32)
+
+
+@register_model(F32x8Type)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8F32)
+
+
+@intrinsic
+def i32x8_zero(typingctx):
+    """Eight int32 zeros."""
+    return i32x8(), lambda context, builder, sig, args: ir.Constant(_V8I32, None)
+
+
+@intrinsic
+def f32x8_zero(typingctx):
+    """Eight float32 +0.0."""
+    return f32x8(), lambda context, builder, sig, args: ir.Constant(_V8F32, None)
+
+
+@intrinsic
+def f32x8_fma(typingctx, facc, lanes, d):
+    """facc_k = fma(float(lanes_k), d, facc_k) with one rounding (llvm.fma.v8f32), d a float32 scalar."""
+
+    def codegen(context, builder, sig, args):
+        facc_, lanes_, d_ = args
+        dv = context.cast(builder, d_, sig.args[2], types.float32)
+        splat = builder.insert_element(ir.Constant(_V8F32, None), dv, ir.Constant(_I32, 0))
+        splat = builder.shuffle_vector(splat, splat, ir.Constant(_V8I32, None))
+        return _call(builder, "llvm.fma.v8f32", _V8F32, [builder.sitofp(lanes_, _V8F32), splat, facc_])
+
+    return f32x8(facc, lanes, types.float32), codegen
+
+
+@intrinsic
+def hsum8(typingctx, facc):
+    """ggml's hsum_float_8 in float32: ((a4+a0) + (a6+a2)) + ((a5+a1) + (a7+a3))."""
+
+    def codegen(context, builder, sig, args):
+        a = [builder.extract_element(args[0], ir.Constant(_I32, k)) for k in range(8)]
+        lo = builder.fadd(builder.fadd(a[4], a[0]), builder.fadd(a[6], a[2]))
+        hi = builder.fadd(builder.fadd(a[5], a[1]), builder.fadd(a[7], a[3]))
+        return builder.fadd(lo, hi)
+
+    return types.float32(facc), codegen
+
+
+@intrinsic
+def hsum_i32(typingctx, acc):
+    """Sum of the eight int32 lanes as int64; added in int32, exact while |sum| < 2^31 (K ≤ 65536: below 2^26)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.sext(_call(builder, "llvm.vector.reduce.add.v8i32", _I32, [args[0]]), _I64)
+
+    return types.int64(acc), codegen
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fma_lanes: ggml's float-dot inner loop over arrays, accumulators in registers
+
+
+def _load8(context, builder, aryty, ary, offset):
+    """<8 x float> at element `offset` of a contiguous array: f32 loaded as is, f16 bits (uint16) converted exactly."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    ptr = builder.gep(data, [offset])
+    if aryty.dtype == types.uint16:
+        bits = builder.load(builder.bitcast(ptr, _V8I16.as_pointer()), align=2)
+        return _f16_to_f32_ir(builder, bits, True)
+    return builder.load(builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
+
+
+def _make_fma_loop(nvec: int):
+    """Intrinsic fma_loop(a, ao, b, bo, nchunks, acc): acc[j] = fma(a[ao+c·W+j], b[bo+c·W+j], acc[j]), W = 8·nvec.
+
+    a is f32 or f16 bits (uint16, decoded exactly on load), b and acc are f32; all C-contiguous.
+    """
+
+    @intrinsic
+    def fma_loop(typingctx, a, ao, b, bo, nchunks, acc):
+        def ok(t, dtypes):
+            return isinstance(t, types.Array) and t.dtype in dtypes and t.layout == "C"
+
+        if not (ok(a, (types.float32, types.uint16)) and ok(b, (types.float32,)) and ok(acc, (types.float32,))):
+            return None
+        sig = types.void(a, types.intp, b, types.intp, types.intp, acc)
+
+        def codegen(context, builder, signature, args):
+            aty, _, bty, _, _, accty = signature.args
+            a_v, ao_v, b_v, bo_v, n_v, acc_v = args
+            slots = [cgutils.alloca_once(builder, _V8F32) for _ in range(nvec)]
+            for v, slot in enumerate(slots):
+                builder.store(_load8(context, builder, accty, acc_v, ir.Constant(_I64, 8 * v)), slot)
+            width = ir.Constant(_I64, 8 * nvec)
+            with cgutils.for_range(builder, n_v) as loop:
+                base = builder.mul(loop.index, width)
+                for v, slot in enumerate(slots):
+                    off = builder.add(base, ir.Constant(_I64, 8 * v))
+                    av = _load8(context, builder, aty, a_v, builder.add(ao_v, off))
+                    bv = _load8(context, builder, bty, b_v, builder.add(bo_v, off))
+                    builder.store(_call(builder, "llvm.fma.v8f32", _V8F32, [av, bv, builder.load(slot)]), slot)
+            data = context.make_array(accty)(context, builder, acc_v).data
+            for v, slot in enumerate(slots):
+                ptr = builder.bitcast(builder.gep(data, [ir.Constant(_I64, 8 * v)]), _V8F32.as_pointer())
+                builder.store(builder.load(slot), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return fma_loop
+
+
+_fma_loop_8 = _make_fma_loop(1)
+_fma_loop_16 = _make_fma_loop(2)
+_fma_loop_32 = _make_fma_loop(4)
+_fma_loop_64 = _make_fma_loop(8)
+
+
+@njit(cache=True, inline="always")
+def fma_lanes(a, ao, b, bo, nchunks, width, acc):
+    """acc[j] = fma(a[ao + c·width + j], b[bo + c·width + j], acc[j]) for c < nchunks, j < width ∈ {8, 16, 32, 64}.
+
+    a: f32, or f16 bits as uint16 (each product of two f16 values is exact, so this is ggml's F16 vec_dot lane).
+    """
+    if width == 32:
+        _fma_loop_32(a, ao, b, bo, nchunks, acc)
+    elif width == 8:
+        _fma_loop_8(a, ao, b, bo, nchunks, acc)
+    elif width == 64:
+        _fma_loop_64(a, ao, b, bo, nchunks, acc)
+    else:
+        _fma_loop_16(a, ao, b, bo, nchunks, acc)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ternary dot codegen
+
+
+def _c_array(ty, what: str) -> None:
+    if not isinstance(ty, types.Array) or ty.layout != "C":
+        raise TypeError(f"{what}: expected a C-contiguous array, got {ty}")
+
+
+def _load(context, builder, aryty, ary, idx, idxty, vecty):
+    """Unaligned load of a vector from `ary` starting at flat element index `idx`."""
+    data = context.make_array(aryty)(context, builder, value=ary).data
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.load(builder.bitcast(builder.gep(data, [i]), vecty.as_pointer()), align=1)
+
+
+def _pairs_generic(builder, v, outty):
+    """Add adjacent lanes (2i, 2i+1) of `v` after sign extension: the arithmetic of vpmaddwd with ones."""
+    n = v.type.count
+    ev = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n // 2), list(range(0, n, 2))))
+    od = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n // 2), list(range(1, n, 2))))
+    return builder.add(builder.sext(ev, outty), builder.sext(od, outty))
+
+
+def _maddubs(builder, u, q):
+    """u8 × i8 products summed in pairs into 16 int16 lanes (vpmaddubsw; generic IR without AVX2)."""
+    if host_has("avx2"):
+        return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [u, q])
+    prod = builder.mul(builder.zext(u, _V32I16), builder.sext(q, _V32I16))
+    n = 32
+    ev = builder.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(_I32, n // 2), list(range(0, n, 2))))
+    od = builder.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(_I32, n // 2), list(range(1, n, 2))))
+    return builder.add(ev, od)
+
+
+def _madd_ones(builder, v16):
+    """16 int16 lanes summed in pairs into 8 int32 lanes (vpmaddwd with ones; generic IR without AVX2)."""
+    if host_has("avx2"):
+        return _call(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [v16, _splat(_V16I16, 1)])
+    return _pairs_generic(builder, v16, _V8I32)
+
+
+def _dot_avx2(builder, acc, pairs, sub16):
+    """acc + lanes of Σ u·q (− sub16) with vpmaddubsw, all partial sums in int16, one vpmaddwd to int32.
+
+    Exact: |u·q pair sum| ≤ 2·3·128 = 768 per vpmaddubsw, at most 16 of them (12288) plus |sub16| ≤ 16·128 per lane.
+    """
+    s16 = None
+    for u, q in pairs:
+        p = _maddubs(builder, u, q)
+        s16 = p if s16 is None else builder.add(s16, p)
+    if sub16 is not None:
+        s16 = builder.sub(s16, sub16)
+    return builder.add(acc, _madd_ones(builder, s16))
+
+
+def _dot_vnni(builder, acc, pairs, sub16):
+    """acc + lanes of Σ u·q (− sub16) with vpdpbusd (the AVX2 arithmetic on a host without avx512vnni)."""
+    if not host_has("avx512vnni", "avx512vl"):
+        return _dot_avx2(builder, acc, pairs, sub16)
+    for u, q in pairs:
+        acc = _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, [acc, u, q])
+    if sub16 is not None:
+        acc = builder.sub(acc, _madd_ones(builder, sub16))
+    return acc
+
+
+def _dot_by_isa(context, builder, isa, isaty, accs, emit):
+    """Branch on the runtime `isa` (loop-invariant, so LLVM unswitches it) between the VNNI and AVX2 sequences.
+
+    `emit(builder)` emits, in each branch, one (pairs, sub16) job per token: its (u, q) vector pairs and the optional
+    int16 vector to subtract. Returns acc + lanes for each token.
+    """
+    is_vnni = builder.icmp_signed(
+        "==", context.cast(builder, isa, isaty, types.int64), ir.Constant(_I64, ISA_AVX512VNNI)
+    )
+    with builder.if_else(is_vnni) as (then, other):
+        with then:
+            r_vnni = [_dot_vnni(builder, acc, *job) for acc, job in zip(accs, emit(builder), strict=True)]
+            bb_vnni = builder.block
+        with other:
+            r_avx2 = [_dot_avx2(builder, acc, *job) for acc, job in zip(accs, emit(builder), strict=True)]
+            bb_avx2 = builder.block
+    out = []
+    for rv, ra in zip(r_vnni, r_avx2, strict=True):
+        phi = builder.phi(_V8I32)
+        phi.add_incoming(rv, bb_vnni)
+        phi.add_incoming(ra, bb_avx2)
+        out.append(phi)
+    return out
+
+
+def _field(b, wv, shift):
+    """The 2-bit field at `shift` of every byte: (wv >> shift) & 3."""
+    return b.and_(b.lshr(wv, _splat(wv.type, shift)), _splat(wv.type, 3))
+
+
+def _trit(b, p):
+    """((p·3) >> 8) for bytes p, as [p ≥ 86] + [p ≥ 171] (3p ≥ 256k ⟺ p ≥ ⌈256k/3⌉; equal for all 256 bytes)."""
+    one = b.zext(b.icmp_unsigned(">=", p, _splat(p.type, 86)), p.type)
+    two = b.zext(b.icmp_unsigned(">=", p, _splat(p.type, 171)), p.type)
+    return b.add(one, two)
+
+
+def _times_pow3(b, v):
+    """[v·3^n mod 256 for n < 5] by shifts and adds."""
+    v3 = b.add(b.add(v, v), v)
+    v9 = b.add(b.shl(v, _splat(v.type, 3)), v)
+    v27 = b.add(b.shl(v3, _splat(v.type, 3)), v3)
+    v81 = b.add(b.shl(v9, _splat(v.type, 3)), v9)
+    return [v, v3, v9, v27, v81]
+
+
+def _concat16(b, lo, hi):
+    """Two <16 x i8> as one <32 x i8>, lo first."""
+    return b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+
+
+def _codes_tq2(b, ld_w):
+    """TQ2_0 block: qs[32h + m] holds elements 128h + 32f + m at bits 2f. Returns (codes, activation offset)."""
+    out = []
+    for h in range(2):
+        wv = ld_w(32 * h, _V32I8)
+        out += [(_field(b, wv, 2 * f), 128 * h + 32 * f) for f in range(4)]
+    return out
+
+
+def _codes_i2s(nchunks):
+    """I2_S: nchunks 32-byte chunks; byte p of chunk c holds elements 128c + 32g + p at bits 6 − 2g."""
+
+    def codes(b, ld_w):
+        out = []
+        for c in range(nchunks):
+            wv = ld_w(32 * c, _V32I8)
+            out += [(_field(b, wv, 6 - 2 * g), 128 * c + 32 * g) for g in range(4)]
+        return out
+
+    return codes
+
+
+def _codes_tq1(b, ld_w):
+    """TQ1_0 block: trit n of qs[m] (m < 32) is element 32n+m, of qs[32+m] (m < 16) 160+16n+m, of qh[j] 240+4n+j."""
+    v16 = ir.VectorType(_I8, 16)
+    out = [(_trit(b, p), 32 * n) for n, p in enumerate(_times_pow3(b, ld_w(0, _V32I8)))]
+    t1 = [_trit(b, p) for p in _times_pow3(b, ld_w(32, v16))]
+    qh = ld_w(48, ir.VectorType(_I8, 4))
+    qh = b.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(_I32, 16), [j for _ in range(4) for j in range(4)]))
+    th = _trit(b, b.mul(qh, ir.Constant(v16, [3**n for n in range(4) for _ in range(4)])))  # lane 4n + j
+    return out + [(_concat16(b, t1[0], t1[1]), 160), (_concat16(b, t1[2], t1[3]), 192), (_concat16(b, t1[4], th), 224)]
+
+
+def _arg_names(ntok: int, with_bsums: bool) -> list[str]:
+    names = ["acc", "w", "wi", "a", "ai"] + (["astride"] if ntok > 1 else [])
+    if with_bsums:
+        names += ["bsums", "bi"] + (["bstride"] if ntok > 1 else [])
+    return names + ["isa"]
+
+
+def _dot_codegen(make_codes, ntok: int, with_bsums: bool):
+    """Codegen of acc + lanes of Σ u·q (minus Q8_K bsums pairs) for the weight bytes at w[wi], decoded once, against
+    the activations of ntok tokens at a[ai + n·astride :] (bsums at bsums[bi + n·bstride :])."""
+
+    def codegen(context, builder, sig, args):
+        v = dict(zip(_arg_names(ntok, with_bsums), zip(args, sig.args, strict=True), strict=True))
+
+        def idx(name):
+            return context.cast(builder, *v[name], types.intp) if name in v else ir.Constant(_I64, 0)
+
+        w0, a0, astr, b0, bstr = idx("wi"), idx("ai"), idx("astride"), idx("bi"), idx("bstride")
+        acc = v["acc"][0]
+        accs = [acc] if ntok == 1 else [builder.extract_value(acc, n) for n in range(ntok)]
+
+        def emit(b):
+            def ld_w(off, vecty):
+                return _load(context, b, v["w"][1], v["w"][0], b.add(w0, ir.Constant(_I64, off)), types.intp, vecty)
+
+            codes = make_codes(b, ld_w)
+            jobs = []
+            for n in range(ntok):
+                base = b.add(a0, b.mul(astr, ir.Constant(_I64, n)))
+                pairs = [
+                    (
+                        u,
+                        _load(
+                            context, b, v["a"][1], v["a"][0], b.add(base, ir.Constant(_I64, off)), types.intp, _V32I8
+                        ),
+                    )
+                    for u, off in codes
+                ]
+                sub16 = None
+                if with_bsums:
+                    bi = b.add(b0, b.mul(bstr, ir.Constant(_I64, n)))
+                    sub16 = _load(context, b, v["bsums"][1], v["bsums"][0], bi, types.intp, _V16I16)
+                jobs.append((pairs, sub16))
+            return jobs
+
+        res = _dot_by_isa(context, builder, *v["isa"], accs, emit)
+        return res[0] if ntok == 1 else context.make_tuple(builder, sig.return_type, res)
+
+    return codegen
+
+
+def _dot_intrinsic(what: str, make_codes, ntok: int, with_bsums: bool):
+    """An intrinsic over `make_codes` blocks for ntok tokens; arguments as _arg_names; returns I32x8 or a tuple."""
+    acc_type = i32x8 if ntok == 1 else types.UniTuple(i32x8, ntok)
+
+    def typer(typingctx, *args):
+        v = dict(zip(_arg_names(ntok, with_bsums), args, strict=True))
+        for name, dtype in (("w", types.uint8), ("a", types.int8), ("bsums", types.int16)):
+            if name in v:
+                _c_array(v[name], what)
+                if v[name].dtype != dtype:
+                    raise TypeError(f"{what}: {name} must be {dtype}, got {v[name].dtype}")
+        if v["acc"] != acc_type:
+            raise TypeError(f"{what}: acc must be {acc_type}, got {v['acc']}")
+        return acc_type(*args), _dot_codegen(make_codes, ntok, with_bsums)
+
+    return typer
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ternary dot intrinsics
+
+_TQ2, _TQ1, _I2S, _I2S2, _I2S4 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(2), _codes_i2s(4)
+
+
+@intrinsic
+def dot_tq2(typingctx, acc, w, wi, a, ai, isa):
+    """acc + lanes of the TQ2_0 block at w[wi] (64 qs bytes) against a[ai : ai+256]."""
+    return _dot_intrinsic("dot_tq2", _TQ2, 1, False)(typingctx, acc, w, wi, a, ai, isa)
+
+
+@intrinsic
+def dot_tq1(typingctx, acc, w, wi, a, ai, isa):
+    """acc + lanes of the TQ1_0 block at w[wi] (48 qs bytes of 5 trits, 4 qh bytes of 4) against a[ai : ai+256]."""
+    return _dot_intrinsic("dot_tq1", _TQ1, 1, False)(typingctx, acc, w, wi, a, ai, isa)
+
+
+@intrinsic
+def dot_tq2_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
+    """dot_tq2 − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of one TQ2_0 · Q8_K block."""
+    return _dot_intrinsic("dot_tq2_q8k", _TQ2, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+
+
+@intrinsic
+def dot_tq1_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
+    """dot_tq1 − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of one TQ1_0 · Q8_K block."""
+    return _dot_intrinsic("dot_tq1_q8k", _TQ1, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+
+
+@intrinsic
+def dot_i2s(typingctx, acc, w, wi, a, ai, isa):
+    """acc + lanes of one I2_S chunk, 32 bytes at w[wi] (128 elements), against a[ai : ai+128]."""
+    return _dot_intrinsic("dot_i2s", _I2S, 1, False)(typingctx, acc, w, wi, a, ai, isa)
+
+
+@intrinsic
+def dot_i2s4(typingctx, acc, w, wi, a, ai, isa):
+    """acc + lanes of four I2_S chunks, 128 bytes at w[wi] (512 elements), against a[ai : ai+512]."""
+    return _dot_intrinsic("dot_i2s4", _I2S4, 1, False)(typingctx, acc, w, wi, a, ai, isa)
+
+
+@intrinsic
+def dot_i2s_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
+    """Two I2_S chunks (64 bytes at w[wi], 256 elements) − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of
+    the TQ2_0 block holding the same codes (I2_S byte p of chunk c holds elements with e mod 32 = p, like TQ2_0)."""
+    return _dot_intrinsic("dot_i2s_q8k", _I2S2, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+
+
+@intrinsic
+def dot_tq2_t4(typingctx, acc, w, wi, a, ai, astride, isa):
+    """dot_tq2 for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the block decoded once."""
+    return _dot_intrinsic("dot_tq2_t4", _TQ2, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
+
+
+@intrinsic
+def dot_tq1_t4(typingctx, acc, w, wi, a, ai, astride, isa):
+    """dot_tq1 for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the block decoded once."""
+    return _dot_intrinsic("dot_tq1_t4", _TQ1, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
+
+
+@intrinsic
+def dot_tq2_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
+    """dot_tq2_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
+    return _dot_intrinsic("dot_tq2_q8k_t4", _TQ2, 4, True)(
+        typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
+    )
+
+
+@intrinsic
+def dot_tq1_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
+    """dot_tq1_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
+    return _dot_intrinsic("dot_tq1_q8k_t4", _TQ1, 4, True)(
+        typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
+    )
+
+
+@intrinsic
+def dot_i2s_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
+    """dot_i2s_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
+    return _dot_intrinsic("dot_i2s_q8k_t4", _I2S2, 4, True)(
+        typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
+    )
+
+
+@intrinsic
+def dot_i2s_t4(typingctx, acc, w, wi, a, ai, astride, isa):
+    """dot_i2s for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the chunk decoded once."""
+    return _dot_intrinsic("dot_i2s_t4", _I2S, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
