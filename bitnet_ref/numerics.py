@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bitnet_ref import formats
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import ConfigError
 
@@ -104,15 +105,7 @@ class Numerics:
 def _ggml(simd: str) -> Numerics:
     return Numerics(
         name="ggml",
-        activation=(
-            ("TQ1_0", "q8_k"),
-            ("TQ2_0", "q8_k"),
-            ("I2_S", "q8_k"),  # what llama.cpp computes on the I2_S file's TQ2_0 twin (d = f16(scale) per block)
-            ("F16", "f16"),
-            ("BF16", "bf16"),
-            ("Q8_0", "q8_0"),
-            ("F32", "none"),
-        ),
+        activation=tuple((t.name, f.VEC_DOT_TYPE) for t, f in formats.REGISTRY.items() if f.VEC_DOT_TYPE),
         kv_dtype="f16",
         round_q_f16=True,
         round_softmax_f16=True,
@@ -128,15 +121,8 @@ def _ggml(simd: str) -> Numerics:
 def _bitnet(simd: str) -> Numerics:
     return Numerics(
         name="bitnet",
-        activation=(
-            ("TQ1_0", "i8_token"),
-            ("TQ2_0", "i8_token"),
-            ("I2_S", "i8_token"),
-            ("F16", "none"),
-            ("BF16", "none"),
-            ("Q8_0", "none"),
-            ("F32", "none"),
-        ),
+        # BitNet: per-token int8 into every ternary linear; float weights take f32 as stored
+        activation=tuple((t.name, "i8_token" if f.TERNARY else "none") for t, f in formats.REGISTRY.items()),
         kv_dtype="f32",
         round_q_f16=False,
         round_softmax_f16=False,

@@ -25,7 +25,7 @@ REGISTRY: dict[GGMLType, type[Format]] = {
     f.TYPE: f for f in (F32, F16, BF16, Q8_0, TQ1_0, TQ2_0, IQ2_S, I2_S, TL1, TL2)
 }
 
-TERNARY_TYPES = (GGMLType.TQ1_0, GGMLType.TQ2_0, GGMLType.I2_S, GGMLType.TL1, GGMLType.TL2)
+TERNARY_TYPES = tuple(t for t, f in REGISTRY.items() if f.TERNARY)
 
 # types whose scale is a separate 1-element F32 tensor `<name>_scale` (bitnet.cpp's TL1, TL2)
 SCALE_TENSOR_TYPES = tuple(t for t, f in REGISTRY.items() if f.SCALE_TENSOR)

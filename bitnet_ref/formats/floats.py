@@ -36,6 +36,7 @@ class F32(FloatFormat):
 
     TYPE = GGMLType.F32
     FILE_TYPE = FileType.ALL_F32
+    VEC_DOT_TYPE = "none"
     BLOCK_BYTES = 4
     DTYPE = np.dtype("<f4")
 
@@ -53,6 +54,7 @@ class F16(FloatFormat):
 
     TYPE = GGMLType.F16
     FILE_TYPE = FileType.MOSTLY_F16
+    VEC_DOT_TYPE = "f16"
     BLOCK_BYTES = 2
     DTYPE = np.dtype("<f2")
 
@@ -75,6 +77,7 @@ class BF16(FloatFormat):
 
     TYPE = GGMLType.BF16
     FILE_TYPE = FileType.MOSTLY_BF16
+    VEC_DOT_TYPE = "bf16"
     BLOCK_BYTES = 2
     DTYPE = np.dtype("<u2")
     HALF_BITS = np.uint32(16)

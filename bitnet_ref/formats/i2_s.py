@@ -27,6 +27,8 @@ class I2_S(Format):
 
     TYPE = GGMLType.I2_S
     FILE_TYPE = FORK_FILE_TYPE_I2_S  # bitnet.cpp's numbering (docs/FORMATS.md §2)
+    TERNARY = True
+    VEC_DOT_TYPE = "q8_k"  # what llama.cpp computes on the file's lossless TQ2_0 twin (d = f16(scale) per block)
     BLOCK_ELEMS = 128
     BLOCK_BYTES = 32
     BLOCKS = (128, 64)  # the x86 and ARM layouts (with_block)

@@ -17,6 +17,7 @@ class Q8_0(BlockFormat):
 
     TYPE = GGMLType.Q8_0
     FILE_TYPE = FileType.MOSTLY_Q8_0
+    VEC_DOT_TYPE = "q8_0"
     BLOCK_ELEMS = 32
     BLOCK_BYTES = 34
     Q_MAX = np.float32(127)

@@ -60,6 +60,7 @@ class TL1(Format):
     """TL1 payloads: pair codes in the tiled byte order of a Tiling; the scale is the `<name>_scale` tensor."""
 
     TYPE = GGMLType.TL1
+    TERNARY = True
     SCALE_TENSOR = True
     Tiling = Tiling
     # bitnet_b1_58-3B tilings from setup_env.py (also what it uses for 2B-4T), keyed by (M, K)

@@ -81,6 +81,7 @@ class TL2(Format):
     to the converter's allocation; the scale is the `<name>_scale` tensor."""
 
     TYPE = GGMLType.TL2
+    TERNARY = True
     SCALE_TENSOR = True
     Tiling = Tiling
     # bitnet_b1_58-3B tilings from setup_env.py (also what it uses for 2B-4T), keyed by (M, K)

@@ -21,6 +21,8 @@ class TQ1_0(TernaryBlockFormat):
 
     TYPE = GGMLType.TQ1_0
     FILE_TYPE = FileType.MOSTLY_TQ1_0
+    TERNARY = True
+    VEC_DOT_TYPE = "q8_k"
     BLOCK_ELEMS = 256
     BLOCK_BYTES = 54
     TRIT_SHIFT = np.array([1, 3, 9, 27, 81], dtype=np.uint8)  # 3^n: multiplying (mod 256) moves trit n to the top

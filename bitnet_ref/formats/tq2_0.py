@@ -20,6 +20,8 @@ class TQ2_0(TernaryBlockFormat):
 
     TYPE = GGMLType.TQ2_0
     FILE_TYPE = FileType.MOSTLY_TQ2_0
+    TERNARY = True
+    VEC_DOT_TYPE = "q8_k"
     BLOCK_ELEMS = 256
     BLOCK_BYTES = 66
     HALVES = 2  # each half of a block: 128 elements in 32 bytes
