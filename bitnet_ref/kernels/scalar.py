@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import math
 
 import numpy as np
 from numba import njit, types
@@ -29,19 +28,6 @@ def round_f16(x):
     """x rounded to the nearest f16 (even on ties), as f32."""
     return f16_to_f32(f32_to_f16(x))
 
-
-@njit(cache=True)
-def round_f16_arith(x):
-    """f32 x rounded to the nearest f16 (even on ties; ±inf past 65504), as f32, in plain arithmetic (no F16C needed):
-    rint(x / ulp)·ulp in f64, ulp = 2^(e−11) for x = m·2^e (0.5 ≤ m < 1), at least 2^−24 (subnormals). All exact."""
-    if not math.isfinite(x):
-        return x
-    _, e = math.frexp(np.float64(x))
-    ulp = math.ldexp(1.0, max(e - 11, -24))
-    r = np.rint(np.float64(x) / ulp) * ulp
-    if abs(r) > 65504.0:
-        return np.float32(math.copysign(math.inf, x))
-    return np.float32(r)
 
 
 @njit(cache=True, inline="always")

@@ -60,7 +60,7 @@ from bitnet_ref.kernels.intrinsics import (
     i32x8_zero,
 )
 from bitnet_ref.kernels.isa import ISA_NAMES, ISA_PORTABLE, default_isa
-from bitnet_ref.kernels.scalar import round_f16_arith
+from bitnet_ref.kernels.scalar import round_f16
 
 QK = TQ2_0.BLOCK_ELEMS  # elements per TQ / Q8_K block (256)
 TQ2_0_BYTES = TQ2_0.BLOCK_BYTES  # 66: qs u8[64] @0, d f16 @64
@@ -109,7 +109,7 @@ def _q8k_block_bytes(fmt):
 def _twin_d(w, M, K, fmt):
     """I2_S: the d of every block of its TQ2_0 twin, f16(scale) as f32; 0 for the TQ formats (d is in each block)."""
     if fmt == FMT_I2S:
-        return round_f16_arith(_i2s_scale(w, M, K))
+        return round_f16(_i2s_scale(w, M, K))
     return np.float32(0.0)
 
 
