@@ -12,7 +12,8 @@ from bitnet_ref import linear
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.kernels import attention, norm, rope
 from crossval import cases as C
-from crossval import run as R
+from crossval import thresholds as T
+from crossval import verdict as V
 from crossval.backends import BitnetRefBackend
 
 pytestmark = pytest.mark.llama
@@ -22,7 +23,7 @@ N_CTX = 256
 
 @pytest.fixture(scope="module")
 def th():
-    return R.load_thresholds()
+    return T.load_thresholds()
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +44,11 @@ def refs():
 
 def _verdict(case, refs, th, **engine_kw):
     engine = BitnetRefBackend(C.engine_model(case), numerics=case.profile, n_threads=2, n_ctx=N_CTX, **engine_kw)
-    return R.compare_case(case, engine, refs(case), th, engine.config.n_layer, N_CTX)
+    return V.compare_case(case, engine, refs(case), th, engine.config.n_layer, N_CTX)
 
 
 def _assert_located(res, layer, point):
-    assert res.verdict == R.FAIL, res.location
+    assert res.verdict == V.FAIL, res.location
     assert res.first is not None and (res.first["layer"], res.first["point"]) == (layer, point), res.location
     assert res.location.startswith(f"first divergence: layer {layer} {point}, NMSE ")
 
@@ -59,7 +60,7 @@ def _case(fmt="tq2_0", profile="ggml"):
 @pytest.mark.parametrize(("fmt", "profile"), [("tq2_0", "ggml"), ("tq2_0", "bitnet"), ("i2_s", "ggml")])
 def test_unplanted_engine_passes(refs, th, fmt, profile):
     res = _verdict(_case(fmt, profile), refs, th)
-    assert res.verdict == R.PASS, res.location
+    assert res.verdict == V.PASS, res.location
 
 
 @pytest.mark.parametrize("profile", ["ggml", "bitnet"])
@@ -107,7 +108,7 @@ def test_sub_norm_skipped(refs, th, monkeypatch, which, layer, profile):
             real(x, w, eps, double_sum, out)
 
     monkeypatch.setattr(norm, "rmsnorm", rmsnorm)
-    res = R.compare_case(case, engine, refs(case), th, engine.config.n_layer, N_CTX)
+    res = V.compare_case(case, engine, refs(case), th, engine.config.n_layer, N_CTX)
     _assert_located(res, layer, which)
 
 
@@ -161,8 +162,8 @@ def test_relu2_model_is_the_known_upstream_divergence(refs, th):
     engine = BitnetRefBackend(C.engine_model(case), numerics="ggml", n_threads=2, n_ctx=N_CTX)
     assert engine.config.ffn_act == "relu2"
     with llama_backend.LlamaCppBackend(C.llama_model(case, C.engine_model(case)), n_threads=2, n_ctx=N_CTX) as ref:
-        res = R.compare_case(case, engine, ref, th, engine.config.n_layer, N_CTX)
-    assert res.verdict == R.XFAIL, res.location
+        res = V.compare_case(case, engine, ref, th, engine.config.n_layer, N_CTX)
+    assert res.verdict == V.XFAIL, res.location
     assert (res.first["layer"], res.first["point"]) == (0, "ffn_sub_out")
     assert "microsoft/BitNet/issues/588" in res.location and "602" in res.location
     assert (res.summary["ffn_act_engine"], res.summary["ffn_act_ref"]) == ("relu2", "silu")
