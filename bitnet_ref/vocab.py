@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 
+from bitnet_ref.bpe import byte_to_unicode, encode_bytes
 from bitnet_ref.constants import (
     KEY_ADD_BOS,
     KEY_ADD_EOS,
@@ -33,7 +34,6 @@ from bitnet_ref.constants import (
     ValueType,
 )
 from bitnet_ref.errors import ConfigError
-from bitnet_ref.tokenizer import byte_to_unicode, encode_bytes
 
 N_BYTES = 256
 BOS_TEXT = "<|begin_of_text|>"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from bitnet_ref.bpe import BYTE_CHARS
 from bitnet_ref.errors import ConfigError, ContextOverflowError, EngineError, TokenRangeError
 from bitnet_ref.generate import (
     FINISH_EOS,
@@ -20,7 +21,7 @@ from bitnet_ref.generate import (
     warmup,
 )
 from bitnet_ref.sampling import GREEDY, SamplerConfig, make_rng
-from bitnet_ref.tokenizer import BYTE_CHARS, Tokenizer
+from bitnet_ref.tokenizer import Tokenizer
 from bitnet_ref.vocab import build_vocabulary
 
 N_VOCAB = 512

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from bitnet_ref import formats, synth
+from bitnet_ref.bpe import byte_to_unicode, encode_bytes
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import GGMLType, TokenType, ValueType
 from bitnet_ref.errors import ConfigError, FileAccessError
 from bitnet_ref.gguf_reader import read_gguf
-from bitnet_ref.tokenizer import byte_to_unicode, encode_bytes
 from bitnet_ref.verify import check_scales
 from bitnet_ref.vocab import TRAINING_TEXT, build_vocabulary
 

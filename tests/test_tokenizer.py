@@ -11,19 +11,14 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from bitnet_ref.bpe import BYTE_CHARS, _merge_heap, merge_pairs
 from bitnet_ref.constants import ValueType
 from bitnet_ref.errors import TokenizerError, TokenRangeError
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
-from bitnet_ref.tokenizer import (
-    _UNICODE_15_ADDITIONS,
-    BYTE_CHARS,
-    TokenAttr,
-    Tokenizer,
-    _merge,
-    _merge_heap,
-    pre_tokenize,
-)
+from bitnet_ref.pretokenizer import _UNICODE_15_ADDITIONS, pre_tokenize
+from bitnet_ref.special_tokens import TokenAttr
+from bitnet_ref.tokenizer import Tokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parent / "fixtures" / "vocab"
 BPE_GGUF = VOCAB_DIR / "ggml-vocab-llama-bpe.gguf"
@@ -368,11 +363,11 @@ def test_hidden_tokens_render_only_when_asked(bpe):
 
 def test_merge_heap_twin_matches_simple_loop(bpe):
     rng = random.Random(3)
-    ranks = bpe._ranks
+    ranks = bpe._encoder.ranks
     for _ in range(200):
         word = "".join(rng.choice("aeinrst Ġ") for _ in range(rng.randint(2, 120)))
         assert _merge_heap(list(word), ranks, " ") == _simple_merge(list(word), ranks)
-    assert _merge(list("x" * 500), ranks, " ") == _simple_merge(list("x" * 500), ranks)
+    assert merge_pairs(list("x" * 500), ranks, " ") == _simple_merge(list("x" * 500), ranks)
 
 
 def _simple_merge(symbols: list[str], ranks: dict[str, int]) -> list[str]:
