@@ -8,7 +8,7 @@ byte alphabet, and adjacent symbols are merged lowest merge rank first. The pair
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from bitnet_ref.pretokenizer import pre_tokenize
@@ -107,6 +107,20 @@ def _merge_heap(symbols: list[str], table: Mapping[str, float], sep: str) -> lis
 # The tokenizer model
 
 
+WORD_CACHE = 100_000  # words whose token ids an encoder keeps; past that the cache starts over
+
+
+def cached_word(cache: dict[str, list[int]], word: str, encode: Callable[[str], list[int]]) -> list[int]:
+    """encode(word), remembered in cache (cleared when it holds WORD_CACHE words)."""
+    ids = cache.get(word)
+    if ids is None:
+        ids = encode(word)
+        if len(cache) > WORD_CACHE:
+            cache.clear()
+        cache[word] = ids
+    return ids
+
+
 class BPE:
     """Byte-level BPE over a vocabulary's token ids and merges ("a b", in rank order)."""
 
@@ -120,19 +134,12 @@ class BPE:
 
     def encode(self, fragments: Iterable[str | int], out: list[int]) -> None:
         """Token ids of fragments: special-token ids as they are, text word by word (llm_tokenizer_bpe_session)."""
-        cache = self._cache
         for frag in fragments:
             if isinstance(frag, int):
                 out.append(frag)
                 continue
             for word in pre_tokenize(frag, self._pre_kind):
-                ids = cache.get(word)
-                if ids is None:
-                    ids = self._word(word)
-                    if len(cache) > 100_000:
-                        cache.clear()
-                    cache[word] = ids
-                out.extend(ids)
+                out.extend(cached_word(self._cache, word, self._word))
 
     def _word(self, word: str) -> list[int]:
         """Token ids of one pre-tokenized word."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bitnet_ref.bpe import byte_text, merge_pairs, utf8
+from bitnet_ref.bpe import byte_text, cached_word, merge_pairs, utf8
 from bitnet_ref.errors import TokenizerError
 
 SPACE_MARK = "\u2581"  # SentencePiece's visible space
@@ -47,15 +47,8 @@ class SentencePiece:
     def _encode_text(self, text: str, out: list[int]) -> None:
         """Merges of an escaped text, word by word where no token can span two words."""
         words = _SPM_WORD.findall(text) if self._by_word else [text]
-        cache = self._cache
         for word in words:
-            ids = cache.get(word)
-            if ids is None:
-                ids = self._word(word)
-                if len(cache) > 100_000:
-                    cache.clear()
-                cache[word] = ids
-            out.extend(ids)
+            out.extend(cached_word(self._cache, word, self._word))
 
     def _word(self, text: str) -> list[int]:
         """Token ids of an escaped text: highest-score merges, then byte fallback for what is not a token."""
