@@ -1,11 +1,8 @@
 """bitnet_ref: a readable BitNet b1.58 reference inference engine in numba.
 
-    from bitnet_ref import load_model, Tokenizer, SamplerConfig, generate_all, make_rng
-
-    model = load_model("model.gguf", numerics="bitnet", n_threads=2)   # or numerics="ggml", or a Numerics
-    tokenizer = Tokenizer.from_gguf(model.gguf)
-    result = generate_all(model, tokenizer, "Hello", 32, SamplerConfig(temperature=0.8), make_rng(1))
-    print(result.text)
+`load_model(path, numerics=...)` gives a Model (`forward`, `describe`), `Tokenizer.from_gguf(model.gguf)` its
+tokenizer, and `generate` / `generate_all` stream or return a generation with an explicit sampler and seed (the
+README's "The engine as a library" shows it end to end).
 
 The names below are imported on first use, so that `import bitnet_ref.errors` (as the harness's child processes
 do) does not load numba and the kernels.
