@@ -141,6 +141,16 @@ def _q8_0_f32(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.nd
     dense.matmul_q8_0_f32(lin.data, lin.rows, lin.cols, act[0], nm.lanes, out)
 
 
+def _bitlinear(matmul: Callable) -> Callable:
+    """Float weights under BitLinear's per-token int8 input (the bitnet profile): dense's block-order kernels."""
+
+    def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+        q, s, _ = act
+        matmul(lin.data, lin.rows, lin.cols, q, s, out)
+
+    return run
+
+
 def _ternary(matmul: Callable) -> Callable:
     """Ternary weights: a packed integer kernel on Q8_K blocks or per-token int8 activations."""
 
@@ -158,6 +168,10 @@ KERNELS: dict[tuple[GGMLType, str, str], Callable] = {
     (GGMLType.BF16, "none", CPU): _bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
     (GGMLType.Q8_0, "q8_0", CPU): _q8_0,
     (GGMLType.Q8_0, "none", CPU): _q8_0_f32,
+    (GGMLType.F32, "i8_token", CPU): _bitlinear(dense.matmul_float_i8),
+    (GGMLType.F16, "i8_token", CPU): _bitlinear(dense.matmul_float_i8),
+    (GGMLType.BF16, "i8_token", CPU): _bitlinear(dense.matmul_bf16_i8),
+    (GGMLType.Q8_0, "i8_token", CPU): _bitlinear(dense.matmul_q8_0_i8),
     (GGMLType.TQ1_0, "q8_k", CPU): _ternary(ternary.matmul_tq1_0_q8k),
     (GGMLType.TQ1_0, "i8_token", CPU): _ternary(ternary.matmul_tq1_0_i8),
     (GGMLType.TQ2_0, "q8_k", CPU): _ternary(ternary.matmul_tq2_0_q8k),

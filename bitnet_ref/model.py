@@ -91,10 +91,11 @@ def _typed_view(raw: np.ndarray, type_id: GGMLType) -> np.ndarray:
     return raw
 
 
-def _linear(gguf: GGUFFile, name: str, numerics: Numerics) -> Linear:
-    """A Linear for tensor `name`; UnsupportedFormatError when no kernel runs its type under this profile."""
+def _linear(gguf: GGUFFile, name: str, numerics: Numerics, bitlinear: bool = True) -> Linear:
+    """A Linear for tensor `name` (a BitLinear projection, or the head with bitlinear=False); UnsupportedFormatError
+    when no kernel runs its type under this profile."""
     info = gguf.tensors[name]
-    kind = numerics.activation_for(info.type)
+    kind = numerics.activation_for(info.type, bitlinear)
     kernel = kernel_for(info.type, kind, CPU)
     if kernel is None:
         raise UnsupportedFormatError(
@@ -145,8 +146,8 @@ def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics) -> Wei
                 ffn_down=_linear(gguf, TENSOR_FFN_DOWN.format(i=i), numerics),
             )
         )
-    token_embd = _linear(gguf, TENSOR_TOKEN_EMBD, numerics)
-    output = token_embd if config.tied_output else _linear(gguf, TENSOR_OUTPUT, numerics)
+    token_embd = _linear(gguf, TENSOR_TOKEN_EMBD, numerics, bitlinear=False)  # BitNet: the head is not quantized
+    output = token_embd if config.tied_output else _linear(gguf, TENSOR_OUTPUT, numerics, bitlinear=False)
     return Weights(token_embd, _vector(gguf, TENSOR_OUTPUT_NORM), output, tuple(layers))
 
 

@@ -2,7 +2,8 @@
 
 Two profiles (docs/NUMERICS.md §3, §4):
 - "bitnet": the model's own semantics (paper / HF transformers / bitnet.cpp I2_S): per-token absmax int8 activations
-  into every ternary linear, f32 everywhere else, f32 KV cache, direct θ^(−2i/d) RoPE.
+  into every BitLinear (the seven projections, whatever the weights' storage), f32 everywhere else (the head
+  included), f32 KV cache, direct θ^(−2i/d) RoPE.
 - "ggml": what llama.cpp's CPU build computes per weight type, reduction orders included, so that the two engines can
   be compared near bit level. ggml's float reductions depend on what it was compiled for (AVX2: 8 lanes, AVX-512:
   16 lanes, AVX512_BF16: 16 lanes and vdpbf16ps in the BF16 dots); the profile records which build it emulates
@@ -55,6 +56,9 @@ class Numerics:
     softmax_sum: str  # "double_chunks": each SIMD chunk reduced in f32, then summed in double (ggml) | "f32"
     float_dot: str  # "ggml": vec_dot order for one column, tinyBLAS order for ≥ 2 | "fixed": vec_dot order always
     simd: str  # "avx2" | "avx512" | "avx512bf16": lane count, reduction trees and BF16 dot of ggml's float kernels
+    # the activation kind every BitLinear (the seven projections of a layer) takes whatever its weights' storage
+    # ("i8_token": BitNet's per-token int8, also for F32/F16/BF16/Q8_0 weights); None: each weight type's own kind
+    bitlinear_input: str | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -69,6 +73,8 @@ class Numerics:
         for field, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"Numerics {self.name!r}: {field} = {value!r}; expected one of {allowed}")
+        if self.bitlinear_input not in (None, *ACTIVATION_KINDS):
+            raise ConfigError(f"Numerics {self.name!r}: bitlinear_input = {self.bitlinear_input!r}")
         for type_name, kind in self.activation:
             if type_name not in GGMLType.__members__ or kind not in ACTIVATION_KINDS:
                 raise ConfigError(f"Numerics {self.name!r}: activation {type_name}={kind!r} is not a known pair")
@@ -78,8 +84,11 @@ class Numerics:
         """f32 lanes of one SIMD register in ggml's kernels: 8 (AVX2) or 16 (AVX-512, with or without AVX512_BF16)."""
         return 16 if self.simd in ("avx512", "avx512bf16") else 8
 
-    def activation_for(self, weight_type: GGMLType) -> str | None:
-        """The activation kind fed to a linear of this weight type, or None when the profile has no kernel for it."""
+    def activation_for(self, weight_type: GGMLType, bitlinear: bool = False) -> str | None:
+        """The activation kind fed to a linear of this weight type (a BitLinear projection: bitlinear_input where the
+        profile sets one), or None when the profile has no kernel for it."""
+        if bitlinear and self.bitlinear_input is not None:
+            return self.bitlinear_input
         return dict(self.activation).get(GGMLType(weight_type).name)
 
     def replace(self, **changes: object) -> Numerics:
@@ -98,7 +107,7 @@ class Numerics:
         return (
             f"{self.name}: act[{acts}] kv={self.kv_dtype} q_f16={self.round_q_f16} p_f16={self.round_softmax_f16} "
             f"rmsnorm_sum={self.rmsnorm_sum} rope={self.rope_theta} expf={self.expf} softmax_sum={self.softmax_sum} "
-            f"float_dot={self.float_dot}/{self.simd}"
+            f"float_dot={self.float_dot}/{self.simd} bitlinear_input={self.bitlinear_input or 'per type'}"
         )
 
 
@@ -121,8 +130,9 @@ def _ggml(simd: str) -> Numerics:
 def _bitnet(simd: str) -> Numerics:
     return Numerics(
         name="bitnet",
-        # BitNet: per-token int8 into every ternary linear; float weights take f32 as stored
+        # the head and the embedding take f32 as stored; every BitLinear projection takes per-token int8 (below)
         activation=tuple((t.name, "i8_token" if f.TERNARY else "none") for t, f in formats.REGISTRY.items()),
+        bitlinear_input="i8_token",  # BitLinear quantizes its input whatever the weights' storage (docs/NUMERICS.md §3)
         kv_dtype="f32",
         round_q_f16=False,
         round_softmax_f16=False,

@@ -392,3 +392,14 @@ def bf16_values(x) -> np.ndarray:
 def bits_values(bits) -> np.ndarray:
     """f32 values of bf16 bit patterns."""
     return (np.asarray(bits, np.uint32) << 16).view(F32)
+
+
+def twin_bitlinear(wf, q, s):
+    """out (T, M) = (Σ_b f32(Σ_{k∈b} W·q, sequential)) / s, blocks of 256 in order (dense.matmul_*_i8's order)."""
+    T, K = q.shape
+    prod = wf[None, :, :].astype(F32) * q[:, None, :].astype(F32)  # (T, M, K) f32 products
+    acc = np.zeros(prod.shape[:2], F32)
+    for b0 in range(0, K, 256):
+        part = np.add.accumulate(prod[:, :, b0 : b0 + 256], axis=2, dtype=F32)[:, :, -1]
+        acc = (acc + part).astype(F32)
+    return (acc / s[:, None].astype(F32)).astype(F32)

@@ -18,6 +18,7 @@ from float_twins import (  # the numpy twins and helpers these tests compare wit
     fma_f32_exact,
     read_only,
     round_f32_exact,
+    twin_bitlinear,
     twin_matmul,
     twin_matmul_q8_0,
     twin_quantize_q8_0,
@@ -250,3 +251,30 @@ def test_matmul_bf16_dpbf16_matches_twin(T, M, K):
     out = np.full((T, M), np.nan, F32)
     dense.matmul_bf16(read_only(raw.view(np.uint16)), M, K, xr, tiled, 16, True, out)
     assert_same_bits(out, twin_matmul(wf, xr, tiled, 16, dense.VEC_BF16_DPBF16), f"matmul_bf16 dpbf16 T={T} K={K}")
+
+
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("K", [256, 320, 96])
+def test_bitlinear_float_weights_match_twin(T, K):
+    """The bitnet profile's BitLinear on F32, F16, BF16 and Q8_0 weights: int8 rows times the decoded weights, f32
+    sums over 256-blocks in order, one division by the token's scale."""
+    rng = np.random.default_rng(21)
+    M = 19
+    w = (rng.standard_normal((M, K)) * 0.05).astype(F32)
+    q = rng.integers(-128, 128, (T, K)).astype(np.int8)
+    s = (rng.random(T) * 100 + 1).astype(F32)
+    bf = bf16_values(w)
+    cases = [("f32", w.reshape(-1), w), ("f16", w.astype(np.float16).view(np.uint16).reshape(-1),
+                                        w.astype(np.float16).astype(F32))]
+    for name, data, wf in cases:
+        out = np.full((T, M), np.nan, F32)
+        dense.matmul_float_i8(read_only(data), M, K, q, s, out)
+        assert_same_bits(out, twin_bitlinear(wf, q, s), f"bitlinear {name} K={K}")
+    out = np.full((T, M), np.nan, F32)
+    dense.matmul_bf16_i8(read_only(BF16.encode(w).view(np.uint16)), M, K, q, s, out)
+    assert_same_bits(out, twin_bitlinear(bf, q, s), f"bitlinear bf16 K={K}")
+    if K % 32 == 0:
+        raw = Q8_0.encode(w)
+        out = np.full((T, M), np.nan, F32)
+        dense.matmul_q8_0_i8(read_only(raw), M, K, q, s, out)
+        assert_same_bits(out, twin_bitlinear(Q8_0.decode(raw, (K, M)), q, s), f"bitlinear q8_0 K={K}")

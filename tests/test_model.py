@@ -298,7 +298,7 @@ def test_bf16_dispatch_follows_simd(simd, monkeypatch):
         assert tiled == (T >= 2 and M % 4 == 0 and K % (dense.DPBF16_KN if dp else lanes) == 0)
     calls.clear()
     load_model(tiny("bf16"), PROFILES["bitnet"].replace(simd=simd), n_threads=1).forward(toks, 0)
-    assert calls and not any(c[5] for c in calls)  # f32 activations ("bitnet"): never vdpbf16ps
+    assert not calls  # "bitnet": BF16 projections take the BitLinear int8 kernel (matmul_bf16_i8), never vdpbf16ps
     if dp:
         other = load_model(tiny("bf16"), PROFILES["ggml"].replace(simd="avx512"), n_threads=1).forward(toks, 0)
         assert not np.array_equal(prefill, other)  # the rounding differs...
@@ -473,3 +473,18 @@ def test_trace_points_equal_llama_eval_callback_nodes():
         assert math.isclose(np.corrcoef(arr.ravel(), node.ravel())[0, 1], 1.0, abs_tol=1e-3), key
         checked += 1
     assert checked == len(LAYER_POINTS) * m.config.n_layer + 2
+
+
+def test_bitnet_profile_quantizes_bitlinear_inputs_whatever_the_storage():
+    """BitLinear quantizes its input per token also when the ternary weights are stored as floats: F32, F16 and BF16
+    files of the same weights give the TQ2_0 file's logits bit for bit (prefill and a decode step); the head stays
+    unquantized (its activation kind is the weight type's own)."""
+    toks = tokens(9, seed=31)
+    want_model = load_model(tiny("tq2_0"), "bitnet", n_threads=2)
+    want = np.concatenate([want_model.forward(toks, 0), want_model.forward(toks[:1], len(toks))])
+    for fmt in ("f32", "f16", "bf16"):
+        m = load_model(tiny(fmt), "bitnet", n_threads=2)
+        assert {lin.activation for layer in m.weights.layers for lin in (layer.attn_q, layer.ffn_down)} == {"i8_token"}
+        assert m.weights.output.activation == "none"
+        got = np.concatenate([m.forward(toks, 0), m.forward(toks[:1], len(toks))])
+        assert np.array_equal(got, want), (fmt, float(np.abs(got - want).max()))

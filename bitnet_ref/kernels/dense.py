@@ -363,3 +363,63 @@ def use_tiled(float_dot: str, T: int, M: int, K: int, kn: int) -> bool:
     """Whether ggml would run this matmul through tinyBLAS: ≥ 2 columns, K % kn == 0 and M % 4 == 0, with kn the
     tinyBLAS K step (the lane count for f32/f16/bf16 FMA, DPBF16_KN for BF16 with AVX512_BF16)."""
     return float_dot == "ggml" and T >= 2 and K % kn == 0 and M % 4 == 0
+
+
+# -- BitLinear on float weights (the bitnet profile) --------------------------------------------------------------
+# BitLinear quantizes its input per token whatever the weights' storage (docs/NUMERICS.md §3). With int8 codes q and
+# scale s, out[t, m] = (Σ_b f32(Σ_{k∈b} W[m, k]·q[t, k])) / s[t]: f32 sums over 256-element blocks in order, then over
+# the blocks in order, then one division. For ternary weights t·scale these block sums are exact, so F32/F16/BF16
+# storage gives bit for bit what the TQ kernels give on the same weights (their epilogue: acc + f32(D_b)·d_b, / s).
+
+BITLINEAR_BLOCK = 256
+
+
+@njit(cache=True, inline="always")
+def _bitlinear_dots(row, q, s, m, out):
+    """out[t, m] for every token t, from one decoded weight row (K,) and int8 rows q (T, K), scales s (T,)."""
+    T, K = q.shape
+    for t in range(T):
+        acc = np.float32(0)
+        for b0 in range(0, K, BITLINEAR_BLOCK):
+            part = np.float32(0)
+            for k in range(b0, min(b0 + BITLINEAR_BLOCK, K)):
+                part += row[k] * np.float32(q[t, k])
+            acc += part
+        out[t, m] = acc / s[t]
+
+
+@njit(cache=True, parallel=True)
+def matmul_float_i8(w, M, K, q, s, out):
+    """out (T, M) for F32 weights (f32) or F16 weights (uint16 bits) against per-token int8 activations."""
+    for blk in prange((M + ROW_BLOCK - 1) // ROW_BLOCK):
+        row = np.empty(K, np.float32)
+        for m in range(blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK)):
+            for k in range(K):
+                row[k] = load(w, m * K + k)
+            _bitlinear_dots(row, q, s, m, out)
+
+
+@njit(cache=True, parallel=True)
+def matmul_bf16_i8(w, M, K, q, s, out):
+    """out (T, M) for BF16 weights (uint16 bits) against per-token int8 activations."""
+    for blk in prange((M + ROW_BLOCK - 1) // ROW_BLOCK):
+        row = np.empty(K, np.float32)
+        for m in range(blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK)):
+            for k in range(K):
+                row[k] = bf16_to_f32(w[m * K + k])
+            _bitlinear_dots(row, q, s, m, out)
+
+
+@njit(cache=True, parallel=True)
+def matmul_q8_0_i8(w, M, K, q, s, out):
+    """out (T, M) for Q8_0 weights (raw blocks, decoded exactly to d·q) against per-token int8 activations."""
+    nb = K // Q8_0_BLOCK
+    for blk in prange((M + ROW_BLOCK - 1) // ROW_BLOCK):
+        row = np.empty(K, np.float32)
+        for m in range(blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK)):
+            for b in range(nb):
+                off = (m * nb + b) * Q8_0_BYTES
+                dw = _f16_le(w, off)
+                for e in range(Q8_0_BLOCK):
+                    row[b * Q8_0_BLOCK + e] = dw * np.float32(np.int8(w[off + 2 + e]))
+            _bitlinear_dots(row, q, s, m, out)
