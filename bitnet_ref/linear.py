@@ -20,8 +20,6 @@ from bitnet_ref.kernels import actquant, dense, ternary
 from bitnet_ref.numerics import Numerics
 
 CPU = "cpu"
-Q8_K_BLOCK = 256  # elements per Q8_K block (one f32 d each)
-Q8_K_GROUP = 16  # elements per Q8_K bsum
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,8 @@ class Activation:
 
 ACTIVATIONS: dict[str, Activation] = {
     # (qs i8 (B, K), d f32 (B, K/256), bsums i16 (B, K/16))
-    "q8_k": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros((B, K // Q8_K_BLOCK), np.float32),
-                                     np.zeros((B, K // Q8_K_GROUP), np.int16)), actquant.quantize_q8_k),
+    "q8_k": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros((B, K // actquant.QK), np.float32),
+                                     np.zeros((B, K // actquant.GROUP), np.int16)), actquant.quantize_q8_k),
     # (q i8 (B, K), s f32 (B,), act_sum i32 (B,))
     "i8_token": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros(B, np.float32), np.zeros(B, np.int32)),
                            actquant.quantize_i8_rows),
@@ -141,14 +139,20 @@ def _q8_0_f32(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.nd
     dense.matmul_q8_0_f32(lin.data, lin.rows, lin.cols, act[0], nm.lanes, out)
 
 
-def _bitlinear(matmul: Callable) -> Callable:
-    """Float weights under BitLinear's per-token int8 input (the bitnet profile): dense's block-order kernels."""
+def _bitlinear_float(bf16: bool) -> Callable:
+    """F32/F16 (bf16 False) or BF16 weights under BitLinear's per-token int8 input (the bitnet profile)."""
 
     def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
         q, s, _ = act
-        matmul(lin.data, lin.rows, lin.cols, q, s, out)
+        dense.matmul_float_i8(lin.data, lin.rows, lin.cols, bf16, q, s, out)
 
     return run
+
+
+def _bitlinear_q8_0(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+    """Q8_0 weights under BitLinear's per-token int8 input (the bitnet profile)."""
+    q, s, _ = act
+    dense.matmul_q8_0_i8(lin.data, lin.rows, lin.cols, q, s, out)
 
 
 def _ternary(matmul: Callable) -> Callable:
@@ -168,10 +172,10 @@ KERNELS: dict[tuple[GGMLType, str, str], Callable] = {
     (GGMLType.BF16, "none", CPU): _bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
     (GGMLType.Q8_0, "q8_0", CPU): _q8_0,
     (GGMLType.Q8_0, "none", CPU): _q8_0_f32,
-    (GGMLType.F32, "i8_token", CPU): _bitlinear(dense.matmul_float_i8),
-    (GGMLType.F16, "i8_token", CPU): _bitlinear(dense.matmul_float_i8),
-    (GGMLType.BF16, "i8_token", CPU): _bitlinear(dense.matmul_bf16_i8),
-    (GGMLType.Q8_0, "i8_token", CPU): _bitlinear(dense.matmul_q8_0_i8),
+    (GGMLType.F32, "i8_token", CPU): _bitlinear_float(bf16=False),
+    (GGMLType.F16, "i8_token", CPU): _bitlinear_float(bf16=False),
+    (GGMLType.BF16, "i8_token", CPU): _bitlinear_float(bf16=True),
+    (GGMLType.Q8_0, "i8_token", CPU): _bitlinear_q8_0,
     (GGMLType.TQ1_0, "q8_k", CPU): _ternary(ternary.matmul_tq1_0_q8k),
     (GGMLType.TQ1_0, "i8_token", CPU): _ternary(ternary.matmul_tq1_0_i8),
     (GGMLType.TQ2_0, "q8_k", CPU): _ternary(ternary.matmul_tq2_0_q8k),

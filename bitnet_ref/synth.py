@@ -47,7 +47,7 @@ from bitnet_ref.constants import (
     ValueType,
 )
 from bitnet_ref.errors import ConfigError, FileAccessError
-from bitnet_ref.files import check_writable, open_file
+from bitnet_ref.files import check_writable, file_sha256
 from bitnet_ref.formats import F32, I2_S, TQ2_0
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
@@ -197,7 +197,7 @@ def cache_path(
         "arch": arch,
         "seed": int(seed),
         "dims": asdict(resolved),
-        "vocab": _file_digest(vocab) if vocab is not None else None,
+        "vocab": file_sha256(vocab) if vocab is not None else None,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     custom = "" if resolved == PRESETS[preset] else "-custom"
@@ -326,13 +326,6 @@ def _vocab_file_kv(vocab: str | os.PathLike) -> dict[str, tuple[object, tuple[Va
         raise ConfigError(f"{vocab}: no {KEY_TOKENS}; --vocab needs a GGUF with a tokenizer")
     return kv
 
-
-def _file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open_file(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

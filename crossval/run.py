@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bitnet_ref.errors import BitnetRefError
+from bitnet_ref.files import file_sha256
 from bitnet_ref.numerics import resolve
 from crossval import cases as C
 from crossval import points as P
@@ -36,15 +36,6 @@ TABLES = ("cases", "points", "positions", "logits", "topk", "worst_logits")
 
 
 # -- the matrix -----------------------------------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_context(path: Path) -> int:
@@ -129,7 +120,7 @@ class Backends:
             self.key = case.model_key
             self.pair = Pair(engine, ref, engine.config.n_layer, n_ctx, epath, lpath, approx)
             for p in {epath, lpath}:
-                self.models.setdefault(str(p), {"sha256": sha256(p), "bytes": p.stat().st_size})
+                self.models.setdefault(str(p), {"sha256": file_sha256(p), "bytes": p.stat().st_size})
             self.described[case.group] = {"engine": engine.describe(), "llama.cpp": ref_desc}
         return self.pair
 

@@ -268,10 +268,10 @@ def test_bitlinear_float_weights_match_twin(T, K):
                                         w.astype(np.float16).astype(F32))]
     for name, data, wf in cases:
         out = np.full((T, M), np.nan, F32)
-        dense.matmul_float_i8(read_only(data), M, K, q, s, out)
+        dense.matmul_float_i8(read_only(data), M, K, False, q, s, out)
         assert_same_bits(out, twin_bitlinear(wf, q, s), f"bitlinear {name} K={K}")
     out = np.full((T, M), np.nan, F32)
-    dense.matmul_bf16_i8(read_only(BF16.encode(w).view(np.uint16)), M, K, q, s, out)
+    dense.matmul_float_i8(read_only(BF16.encode(w).view(np.uint16)), M, K, True, q, s, out)
     assert_same_bits(out, twin_bitlinear(bf, q, s), f"bitlinear bf16 K={K}")
     if K % 32 == 0:
         raw = Q8_0.encode(w)

@@ -298,7 +298,7 @@ def test_bf16_dispatch_follows_simd(simd, monkeypatch):
         assert tiled == (T >= 2 and M % 4 == 0 and K % (dense.DPBF16_KN if dp else lanes) == 0)
     calls.clear()
     load_model(tiny("bf16"), PROFILES["bitnet"].replace(simd=simd), n_threads=1).forward(toks, 0)
-    assert not calls  # "bitnet": BF16 projections take the BitLinear int8 kernel (matmul_bf16_i8), never vdpbf16ps
+    assert not calls  # "bitnet": BF16 projections take the BitLinear int8 kernel (matmul_float_i8), never vdpbf16ps
     if dp:
         other = load_model(tiny("bf16"), PROFILES["ggml"].replace(simd="avx512"), n_threads=1).forward(toks, 0)
         assert not np.array_equal(prefill, other)  # the rounding differs...

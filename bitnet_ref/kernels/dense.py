@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from bitnet_ref.formats import Q8_0
+from bitnet_ref.formats import Q8_0, TQ2_0
 from bitnet_ref.kernels.intrinsics import bits_f32, f16_to_f32, f32_bits, fma32, fma_lanes
 from bitnet_ref.kernels.scalar import bf16_to_f32, load, round_bf16, round_f16
 
@@ -371,7 +371,7 @@ def use_tiled(float_dot: str, T: int, M: int, K: int, kn: int) -> bool:
 # the blocks in order, then one division. For ternary weights t·scale these block sums are exact, so F32/F16/BF16
 # storage gives bit for bit what the TQ kernels give on the same weights (their epilogue: acc + f32(D_b)·d_b, / s).
 
-BITLINEAR_BLOCK = 256
+BITLINEAR_BLOCK = TQ2_0.BLOCK_ELEMS  # 256: the TQ kernels' block
 
 
 @njit(cache=True, inline="always")
@@ -389,24 +389,14 @@ def _bitlinear_dots(row, q, s, m, out):
 
 
 @njit(cache=True, parallel=True)
-def matmul_float_i8(w, M, K, q, s, out):
-    """out (T, M) for F32 weights (f32) or F16 weights (uint16 bits) against per-token int8 activations."""
+def matmul_float_i8(w, M, K, bf16, q, s, out):
+    """out (T, M) for F32 weights (f32), F16 weights (uint16 bits) or BF16 weights (uint16 bits, bf16 = True)
+    against per-token int8 activations."""
     for blk in prange((M + ROW_BLOCK - 1) // ROW_BLOCK):
         row = np.empty(K, np.float32)
         for m in range(blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK)):
             for k in range(K):
-                row[k] = load(w, m * K + k)
-            _bitlinear_dots(row, q, s, m, out)
-
-
-@njit(cache=True, parallel=True)
-def matmul_bf16_i8(w, M, K, q, s, out):
-    """out (T, M) for BF16 weights (uint16 bits) against per-token int8 activations."""
-    for blk in prange((M + ROW_BLOCK - 1) // ROW_BLOCK):
-        row = np.empty(K, np.float32)
-        for m in range(blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK)):
-            for k in range(K):
-                row[k] = bf16_to_f32(w[m * K + k])
+                row[k] = bf16_to_f32(w[m * K + k]) if bf16 else load(w, m * K + k)
             _bitlinear_dots(row, q, s, m, out)
 
 
