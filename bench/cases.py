@@ -11,14 +11,15 @@ import numpy as np
 
 from bench import roofline
 from bitnet_ref import formats
-from bitnet_ref.formats import F16, I2_S, TQ1_0, TQ2_0
+from bitnet_ref.formats import F16, I2_S, IQ2_S, TL1, TL2, TQ1_0, TQ2_0
 
 REF = "bitnet_ref"
 LLAMA = "llama.cpp"
 LLAMA_FA_OFF = "llama.cpp[fa=off]"
 ENGINE_NAMES = (REF, LLAMA, LLAMA_FA_OFF)
 PRESETS = ("tiny", "small", "2b4t")
-FORMATS = (TQ2_0.NAME, TQ1_0.NAME, F16.NAME, I2_S.NAME)
+FORMATS = (TQ2_0.NAME, TQ1_0.NAME, F16.NAME, IQ2_S.NAME, I2_S.NAME, TL1.NAME, TL2.NAME)
+TWINNED = (I2_S.NAME, TL1.NAME, TL2.NAME)  # bitnet.cpp's formats: llama.cpp reads the lossless TQ2_0 twin
 DEFAULT_MODELS = ("small", "2b4t")
 DEFAULT_FORMATS = (TQ2_0.NAME, I2_S.NAME)
 TTFT_TEXT = (
@@ -77,8 +78,8 @@ class Case:
         return self.path if engine.backend == REF else self.llama_path
 
     def file_note(self, engine: EngineSpec) -> str:
-        """'same', or which twin llama.cpp reads instead (I2_S: its lossless TQ2_0 twin)."""
-        return "same" if self.file_for(engine) == self.path else "TQ2_0 twin of the I2_S file"
+        """'same', or which twin llama.cpp reads instead (I2_S, TL1, TL2: the lossless TQ2_0 twin)."""
+        return "same" if self.file_for(engine) == self.path else f"TQ2_0 twin of the {self.fmt.upper()} file"
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ def _fmt_of(path: Path) -> str:
 
 
 def _case(model: str, fmt: str, path: Path) -> Case:
-    """A case; an I2_S file is read by llama.cpp through its lossless TQ2_0 twin."""
-    if fmt == I2_S.NAME:
+    """A case; an I2_S, TL1 or TL2 file is read by llama.cpp through its lossless TQ2_0 twin."""
+    if fmt in TWINNED:
         from bitnet_ref.synth import tq2_0_twin
 
         return Case(model, fmt, path, Path(tq2_0_twin(path)))

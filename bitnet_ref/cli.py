@@ -39,6 +39,7 @@ from bitnet_ref.constants import (
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.generate import GenerationResult, generate, warmup
 from bitnet_ref.gguf_reader import GGUFFile, read_gguf
+from bitnet_ref.layout import I2S_LAYOUTS
 from bitnet_ref.model import load_model
 from bitnet_ref.numerics import PROFILES
 from bitnet_ref.sampling import SamplerConfig, make_rng, resolve_seed
@@ -257,11 +258,13 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `bitnet-ref verify`."""
     p.add_argument("file", type=Path, help="a GGUF file")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the one-line verdict")
+    p.add_argument("--kernel-config", type=Path, default=None,
+                   help="bitnet.cpp's kernel_config.ini to decode TL1/TL2 codes with (default: the one beside it)")
 
 
 def run_verify(args: argparse.Namespace, console: Console) -> int:
     """Fully validate a model file; exit 0 with a one-line verdict or 1 naming the first problem."""
-    verdict = verify(args.file)
+    verdict = verify(args.file, args.kernel_config)
     if args.json:
         console.out(json.dumps(asdict(verdict) | {"verdict": verdict.line()}, indent=2), highlight=False)
     else:
@@ -290,11 +293,28 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numerics", choices=sorted(PROFILES), default="bitnet", help="numerics profile (default bitnet)")
     p.add_argument("--ffn-act", choices=FFN_ACTS, default=None, help="override the FFN activation")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    add_layout_arguments(p)
+
+
+def add_layout_arguments(p: argparse.ArgumentParser) -> None:
+    """--i2s-layout and --kernel-config: how to read byte orders a GGUF does not record (bitnet_ref.layout)."""
+    p.add_argument("--i2s-layout", choices=list(I2S_LAYOUTS), default="x86",
+                   help="I2_S block layout: x86 (128, every published file) or arm (64, ARM builds after 112f853)")
+    p.add_argument("--kernel-config", type=Path, default=None,
+                   help="bitnet.cpp's include/kernel_config.ini with the TL1/TL2 tilings "
+                        "(default: <model stem>.kernel_config.ini beside the model, if there is one)")
 
 
 def run_generate(args: argparse.Namespace, console: Console) -> int:
     """Stream a generation, then print its timings and settings."""
-    model = load_model(args.model, numerics=args.numerics, n_threads=args.threads, ffn_act=args.ffn_act)
+    model = load_model(
+        args.model,
+        numerics=args.numerics,
+        n_threads=args.threads,
+        ffn_act=args.ffn_act,
+        i2s_layout=args.i2s_layout,
+        kernel_config=args.kernel_config,
+    )
     tokenizer = Tokenizer.from_gguf(model.gguf)
     sampler = SamplerConfig(
         temperature=args.temp,
@@ -307,7 +327,7 @@ def run_generate(args: argparse.Namespace, console: Console) -> int:
     err = Console(stderr=True, highlight=False)
     err.print(
         f"[dim]{model.numerics} · ffn_act {model.config.ffn_act} ({model.config.ffn_act_source}) · "
-        f"threads {args.threads} · seed {seed} · {sampler.describe()}[/]",
+        f"threads {args.threads} · seed {seed} · {sampler.describe()} · {model.layout}[/]",
         soft_wrap=True,
     )
     compile_s = warmup(model)

@@ -2,9 +2,10 @@
 
 Two tables own it. ACTIVATIONS: per activation kind of the numerics profile (numerics.ACTIVATION_KINDS), the scratch
 arrays it needs and the kernel that fills them from x (rounded to f16/bf16, or quantized to Q8_K / Q8_0 / per-token
-int8). KERNELS: per (weight type, activation kind, device), the function that runs the product on the weight's bytes
-in place. An input is prepared once per kind and shared by every linear that reads it (Q, K and V; gate and up):
-llama.cpp converts it again for each matmul, with identical results. Adding a format, a kernel variant or a device is
+int8). KERNELS: per (weight format class, activation kind, device), the function that runs the product on the
+weight's bytes in place (the format class, not the type id: I2_S has two layouts, formats.I2_S and formats.I2_S_ARM).
+An input is prepared once per kind and shared by every linear that reads it (Q, K and V; gate and up): llama.cpp
+converts it again for each matmul, with identical results. Adding a format, a kernel variant or a device is
 one row in KERNELS (and one kernel).
 """
 
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bitnet_ref import formats
 from bitnet_ref.constants import GGMLType
-from bitnet_ref.kernels import actquant, dense, ternary
+from bitnet_ref.formats import Format
+from bitnet_ref.kernels import actquant, dense, iq2s, lut, ternary
 from bitnet_ref.numerics import Numerics
 
 CPU = "cpu"
@@ -37,6 +40,9 @@ ACTIVATIONS: dict[str, Activation] = {
     # (q i8 (B, K), s f32 (B,), act_sum i32 (B,))
     "i8_token": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros(B, np.float32), np.zeros(B, np.int32)),
                            actquant.quantize_i8_rows),
+    # the same arrays, by bitnet.cpp's TL1/TL2 preprocessing (f32 127/max, no floor)
+    "i8_lut": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros(B, np.float32), np.zeros(B, np.int32)),
+                         actquant.quantize_lut_rows),
     # (qs i8 (B, K), d f32 (B, K/32))
     "q8_0": Activation(lambda B, K: (np.zeros((B, K), np.int8), np.zeros((B, K // dense.Q8_0_BLOCK), np.float32)),
                        dense.quantize_q8_0),
@@ -51,13 +57,18 @@ class Linear:
     """One weight matrix W (rows × cols = M × K) as a view into the file, its input's kind and its kernel."""
 
     name: str
-    type: GGMLType
+    fmt: type[Format]  # the format class its bytes are read with (the layout chosen for I2_S)
     rows: int
     cols: int
     data: np.ndarray  # F16/BF16: uint16 bits (M·K); F32: f32 (M·K); block formats: the raw uint8 bytes
     activation: str  # the profile's activation kind for this weight type (numerics.ACTIVATION_KINDS)
-    kernel: Callable  # KERNELS[(type, activation, device)]
+    kernel: Callable  # KERNELS[(fmt, activation, device)]
     scale: float | None  # llama.cpp's optional 1-element `<proj>.scale`, multiplied onto the output
+    params: tuple = ()  # what the kernel needs beyond the bytes: TL1/TL2 (BM, BK, bm, value of `<name>_scale`)
+
+    @property
+    def type(self) -> GGMLType:
+        return self.fmt.TYPE
 
 
 class Scratch:
@@ -164,27 +175,57 @@ def _ternary(matmul: Callable) -> Callable:
     return run
 
 
-KERNELS: dict[tuple[GGMLType, str, str], Callable] = {
-    (GGMLType.F32, "none", CPU): _float(dense.matmul_f32),
-    (GGMLType.F16, "f16", CPU): _float(dense.matmul_f16),
-    (GGMLType.F16, "none", CPU): _float(dense.matmul_f16),
-    (GGMLType.BF16, "bf16", CPU): _bf16(dpbf16=True),
-    (GGMLType.BF16, "none", CPU): _bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
-    (GGMLType.Q8_0, "q8_0", CPU): _q8_0,
-    (GGMLType.Q8_0, "none", CPU): _q8_0_f32,
-    (GGMLType.F32, "i8_token", CPU): _bitlinear_float(bf16=False),
-    (GGMLType.F16, "i8_token", CPU): _bitlinear_float(bf16=False),
-    (GGMLType.BF16, "i8_token", CPU): _bitlinear_float(bf16=True),
-    (GGMLType.Q8_0, "i8_token", CPU): _bitlinear_q8_0,
-    (GGMLType.TQ1_0, "q8_k", CPU): _ternary(ternary.matmul_tq1_0_q8k),
-    (GGMLType.TQ1_0, "i8_token", CPU): _ternary(ternary.matmul_tq1_0_i8),
-    (GGMLType.TQ2_0, "q8_k", CPU): _ternary(ternary.matmul_tq2_0_q8k),
-    (GGMLType.TQ2_0, "i8_token", CPU): _ternary(ternary.matmul_tq2_0_i8),
-    (GGMLType.I2_S, "q8_k", CPU): _ternary(ternary.matmul_i2s_q8k),
-    (GGMLType.I2_S, "i8_token", CPU): _ternary(ternary.matmul_i2s_i8),
+def _tl(matmul: Callable) -> Callable:
+    """TL1/TL2 weights: bitnet.cpp's lookup-table product on the tiles, int8 rows (either TL or BitLinear quantizer)."""
+
+    def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+        q, s, _ = act
+        bm_tile, bk, bm, scale = lin.params
+        matmul(lin.data, lin.rows, lin.cols, bm_tile, bk, bm, q, s, np.float32(scale), out)
+
+    return run
+
+
+F = formats
+KERNELS: dict[tuple[type[Format], str, str], Callable] = {
+    (F.F32, "none", CPU): _float(dense.matmul_f32),
+    (F.F16, "f16", CPU): _float(dense.matmul_f16),
+    (F.F16, "none", CPU): _float(dense.matmul_f16),
+    (F.BF16, "bf16", CPU): _bf16(dpbf16=True),
+    (F.BF16, "none", CPU): _bf16(dpbf16=False),  # f32 activations: vdpbf16ps would need them in bf16
+    (F.Q8_0, "q8_0", CPU): _q8_0,
+    (F.Q8_0, "none", CPU): _q8_0_f32,
+    (F.F32, "i8_token", CPU): _bitlinear_float(bf16=False),
+    (F.F16, "i8_token", CPU): _bitlinear_float(bf16=False),
+    (F.BF16, "i8_token", CPU): _bitlinear_float(bf16=True),
+    (F.Q8_0, "i8_token", CPU): _bitlinear_q8_0,
+    (F.IQ2_S, "q8_k", CPU): _ternary(iq2s.matmul_iq2s_q8k),
+    (F.IQ2_S, "i8_token", CPU): _ternary(iq2s.matmul_iq2s_i8),
+    (F.TQ1_0, "q8_k", CPU): _ternary(ternary.matmul_tq1_0_q8k),
+    (F.TQ1_0, "i8_token", CPU): _ternary(ternary.matmul_tq1_0_i8),
+    (F.TQ2_0, "q8_k", CPU): _ternary(ternary.matmul_tq2_0_q8k),
+    (F.TQ2_0, "i8_token", CPU): _ternary(ternary.matmul_tq2_0_i8),
+    (F.I2_S, "q8_k", CPU): _ternary(ternary.matmul_i2s_q8k),
+    (F.I2_S, "i8_token", CPU): _ternary(ternary.matmul_i2s_i8),
+    (F.I2_S_ARM, "q8_k", CPU): _ternary(ternary.matmul_i2s_arm_q8k),
+    (F.I2_S_ARM, "i8_token", CPU): _ternary(ternary.matmul_i2s_arm_i8),
+    (F.TL1, "i8_lut", CPU): _tl(lut.matmul_tl1),
+    (F.TL1, "i8_token", CPU): _tl(lut.matmul_tl1),
+    (F.TL2, "i8_lut", CPU): _tl(lut.matmul_tl2),
+    (F.TL2, "i8_token", CPU): _tl(lut.matmul_tl2),
 }
 
 
-def kernel_for(weight_type: GGMLType, kind: str | None, device: str = CPU) -> Callable | None:
-    """The kernel for a weight type, activation kind and device, or None when there is none."""
-    return KERNELS.get((weight_type, kind, device))
+def check_weight(fmt: type[Format], raw: np.ndarray, M: int, K: int, kind: str, params: tuple = ()) -> None:
+    """FormatError unless the bytes of an M x K weight in `fmt` fit its kernel for activation kind `kind`."""
+    if fmt in (formats.TL1, formats.TL2):
+        lut.check_tl(fmt.NAME, raw, M, K, fmt.Tiling(*params[:3]))
+    elif fmt is formats.IQ2_S:
+        iq2s.check_weight(raw, M, K)
+    elif fmt.TERNARY:
+        ternary.check_weight(fmt.NAME, raw, M, K, "q8k" if kind == "q8_k" else "i8")
+
+
+def kernel_for(fmt: type[Format], kind: str | None, device: str = CPU) -> Callable | None:
+    """The kernel for a weight format class, activation kind and device, or None when there is none."""
+    return KERNELS.get((fmt, kind, device))

@@ -34,20 +34,28 @@ from bitnet_ref.constants import (
     TENSOR_OUTPUT,
     TENSOR_OUTPUT_NORM,
     TENSOR_TOKEN_EMBD,
+    TL_SCALE_SUFFIX,
     GGMLType,
 )
-from bitnet_ref.errors import ContextOverflowError, EngineError, FormatError, TokenRangeError, UnsupportedFormatError
+from bitnet_ref.errors import (
+    ConfigError,
+    ContextOverflowError,
+    EngineError,
+    FormatError,
+    TokenRangeError,
+    UnsupportedFormatError,
+)
 from bitnet_ref.gguf_reader import GGUFFile, read_gguf
 from bitnet_ref.kernels import activation, attention, norm, rope, ternary
 from bitnet_ref.kernels.scalar import powf
-from bitnet_ref.linear import CPU, Input, Linear, Scratch, apply, kernel_for
+from bitnet_ref.layout import Layout, read_layout
+from bitnet_ref.linear import CPU, Input, Linear, Scratch, apply, check_weight, kernel_for
 from bitnet_ref.numerics import Numerics, resolve
 
 Trace = Callable[[str, int, np.ndarray], None]
 
 N_UBATCH = 512  # tokens per forward chunk; llama.cpp's default n_ubatch (the chunk size picks kernel paths)
 EMBED_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.TQ1_0, GGMLType.TQ2_0)
-CHECK_ACT = {"q8_k": "q8k", "i8_token": "i8"}  # ternary.check_weight's name for an activation kind
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -91,12 +99,13 @@ def _typed_view(raw: np.ndarray, type_id: GGMLType) -> np.ndarray:
     return raw
 
 
-def _linear(gguf: GGUFFile, name: str, numerics: Numerics, bitlinear: bool = True) -> Linear:
-    """A Linear for tensor `name` (a BitLinear projection, or the head with bitlinear=False); UnsupportedFormatError
-    when no kernel runs its type under this profile."""
+def _linear(gguf: GGUFFile, name: str, numerics: Numerics, layout: Layout, bitlinear: bool = True) -> Linear:
+    """A Linear for tensor `name` (a BitLinear projection, or the head with bitlinear=False), its bytes read in the
+    layout's I2_S layout and TL tiling; UnsupportedFormatError when no kernel runs its type under this profile."""
     info = gguf.tensors[name]
+    fmt = layout.i2s_format if info.type == GGMLType.I2_S else formats.get(info.type)
     kind = numerics.activation_for(info.type, bitlinear)
-    kernel = kernel_for(info.type, kind, CPU)
+    kernel = kernel_for(fmt, kind, CPU)
     if kernel is None:
         raise UnsupportedFormatError(
             f"{gguf.path}: tensor {name} has type {info.type.name} ({int(info.type)}), which has no kernel under "
@@ -106,13 +115,24 @@ def _linear(gguf: GGUFFile, name: str, numerics: Numerics, bitlinear: bool = Tru
     scale = None
     if scale_name in gguf.tensors:
         scale = float(formats.get(gguf.tensors[scale_name].type).decode(gguf.tensor_bytes(scale_name), (1,))[0])
-    raw = gguf.tensor_bytes(name)
-    if info.type in formats.TERNARY_TYPES:
-        try:
-            ternary.check_weight(formats.get(info.type).NAME, np.asarray(raw), info.rows, info.cols, CHECK_ACT[kind])
-        except FormatError as e:
-            raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
-    return Linear(name, info.type, info.rows, info.cols, _typed_view(raw, info.type), kind, kernel, scale)
+    raw = np.asarray(gguf.tensor_bytes(name))
+    params: tuple = ()
+    try:
+        if fmt.SCALE_TENSOR:
+            params = (*layout.tiling(fmt, info.rows, info.cols), _scale_tensor(gguf, name))
+        check_weight(fmt, raw, info.rows, info.cols, kind, params)
+    except (FormatError, ConfigError) as e:
+        raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
+    return Linear(name, fmt, info.rows, info.cols, _typed_view(raw, info.type), kind, kernel, scale, params)
+
+
+def _scale_tensor(gguf: GGUFFile, name: str) -> float:
+    """The value of a TL1/TL2 weight's 1-element F32 `<name>_scale` tensor."""
+    scale_name = name + TL_SCALE_SUFFIX
+    info = gguf.tensors.get(scale_name)
+    if info is None or info.type != GGMLType.F32 or info.n_elements != 1:
+        raise FormatError(f"{scale_name}: expected a 1-element F32 tensor holding the weight's scale")
+    return float(gguf.tensor_bytes(scale_name).view(np.float32)[0])
 
 
 def _vector(gguf: GGUFFile, name: str) -> np.ndarray:
@@ -121,7 +141,7 @@ def _vector(gguf: GGUFFile, name: str) -> np.ndarray:
     return np.ascontiguousarray(formats.get(info.type).decode(gguf.tensor_bytes(name), info.shape).reshape(-1))
 
 
-def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics) -> Weights:
+def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics, layout: Layout) -> Weights:
     """Weights of every layer as views into the file, checked against the dispatch table."""
     embd_type = gguf.tensors[TENSOR_TOKEN_EMBD].type
     if embd_type not in EMBED_TYPES:
@@ -134,20 +154,20 @@ def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics) -> Wei
         layers.append(
             Layer(
                 attn_norm=_vector(gguf, TENSOR_ATTN_NORM.format(i=i)),
-                attn_q=_linear(gguf, TENSOR_ATTN_Q.format(i=i), numerics),
-                attn_k=_linear(gguf, TENSOR_ATTN_K.format(i=i), numerics),
-                attn_v=_linear(gguf, TENSOR_ATTN_V.format(i=i), numerics),
+                attn_q=_linear(gguf, TENSOR_ATTN_Q.format(i=i), numerics, layout),
+                attn_k=_linear(gguf, TENSOR_ATTN_K.format(i=i), numerics, layout),
+                attn_v=_linear(gguf, TENSOR_ATTN_V.format(i=i), numerics, layout),
                 attn_sub_norm=_vector(gguf, TENSOR_ATTN_SUB_NORM.format(i=i)),
-                attn_output=_linear(gguf, TENSOR_ATTN_OUTPUT.format(i=i), numerics),
+                attn_output=_linear(gguf, TENSOR_ATTN_OUTPUT.format(i=i), numerics, layout),
                 ffn_norm=_vector(gguf, TENSOR_FFN_NORM.format(i=i)),
-                ffn_gate=_linear(gguf, TENSOR_FFN_GATE.format(i=i), numerics),
-                ffn_up=_linear(gguf, TENSOR_FFN_UP.format(i=i), numerics),
+                ffn_gate=_linear(gguf, TENSOR_FFN_GATE.format(i=i), numerics, layout),
+                ffn_up=_linear(gguf, TENSOR_FFN_UP.format(i=i), numerics, layout),
                 ffn_sub_norm=_vector(gguf, TENSOR_FFN_SUB_NORM.format(i=i)),
-                ffn_down=_linear(gguf, TENSOR_FFN_DOWN.format(i=i), numerics),
+                ffn_down=_linear(gguf, TENSOR_FFN_DOWN.format(i=i), numerics, layout),
             )
         )
-    token_embd = _linear(gguf, TENSOR_TOKEN_EMBD, numerics, bitlinear=False)  # BitNet: the head is not quantized
-    output = token_embd if config.tied_output else _linear(gguf, TENSOR_OUTPUT, numerics, bitlinear=False)
+    token_embd = _linear(gguf, TENSOR_TOKEN_EMBD, numerics, layout, bitlinear=False)  # BitNet: the head is unquantized
+    output = token_embd if config.tied_output else _linear(gguf, TENSOR_OUTPUT, numerics, layout, bitlinear=False)
     return Weights(token_embd, _vector(gguf, TENSOR_OUTPUT_NORM), output, tuple(layers))
 
 
@@ -213,6 +233,7 @@ class Model:
     state: RunState
     path: Path
     gguf: GGUFFile = field(repr=False)
+    layout: Layout = field(default_factory=Layout)  # how byte orders the file does not record were read
 
     def __post_init__(self) -> None:
         c = self.config
@@ -269,7 +290,8 @@ class Model:
             "n_ubatch": self.state.n_ubatch,
             "token_embd_type": w.token_embd.type.name,
             "linear_types": types,
-            "kernel_isa": ternary.kernel_isa(),  # the ternary kernels run with their default isa (fixed at import)
+            "kernel_isa": ternary.kernel_isa(),
+            "layout": self.layout.describe(),  # the ternary kernels run with their default isa (fixed at import)
         }
 
     # -- the network ---------------------------------------------------------------------------------------------------
@@ -433,13 +455,18 @@ def load_model(
     ffn_act: str | None = None,
     n_ctx: int | None = None,
     n_ubatch: int = N_UBATCH,
+    i2s_layout: str = "x86",
+    kernel_config: str | Path | None = None,
 ) -> Model:
-    """Open a GGUF and build a Model; ffn_act overrides the file's (and the profile's) FFN activation."""
+    """Open a GGUF and build a Model; ffn_act overrides the file's (and the profile's) FFN activation. What the file
+    does not record is the caller's to say (layout.py): `i2s_layout` "x86" or "arm", and for TL1/TL2 tensors the
+    bitnet.cpp `kernel_config` file of their tilings (default: the `<stem>.kernel_config.ini` beside the file)."""
     nm = resolve(numerics)
     gguf = read_gguf(path)
     config = ModelConfig.from_gguf(gguf, ffn_act=ffn_act)
     config.check_tensors(gguf)
-    weights = load_weights(gguf, config, nm)
+    layout = read_layout(gguf, i2s_layout, kernel_config)
+    weights = load_weights(gguf, config, nm, layout)
     ctx = config.n_ctx if n_ctx is None else n_ctx
     if ctx <= 0 or n_threads <= 0 or n_ubatch <= 0:
         raise EngineError(f"n_ctx {ctx}, n_threads {n_threads}, n_ubatch {n_ubatch}: all must be positive")
@@ -449,4 +476,7 @@ def load_model(
             "set NUMBA_NUM_THREADS before the first import of numba to raise it)"
         )
     kv = KVCache(config.n_layer, ctx, config.n_embd_kv, nm.kv_dtype)
-    return Model(config, nm, n_threads, weights, kv, RunState(config, n_ubatch), Path(path), gguf)
+    return Model(config, nm, n_threads, weights, kv, RunState(config, n_ubatch), Path(path), gguf, layout)
+
+
+

@@ -19,7 +19,7 @@ from bitnet_ref import formats
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import ConfigError
 
-ACTIVATION_KINDS = ("q8_k", "i8_token", "f16", "bf16", "q8_0", "none")
+ACTIVATION_KINDS = ("q8_k", "i8_token", "i8_lut", "f16", "bf16", "q8_0", "none")
 KV_DTYPES = ("f16", "f32")
 RMSNORM_SUMS = ("double", "f32")
 ROPE_THETAS = ("iterative_f32", "direct")

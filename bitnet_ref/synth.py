@@ -5,6 +5,9 @@ a master W ~ N(0, 1/K) is drawn, s = mean|W|, T = clamp(round(W / s), -1, 1), an
 significant bits, so it is exact in f16 and bf16: every format (F32, F16, BF16, TQ1_0, TQ2_0, I2_S) then holds exactly
 the values T * scale (Q8_0 alone rounds them). Norm weights are 1 + N(0, 0.02^2) in F32; token embeddings are
 N(0, (2/sqrt(n_embd))^2) rounded to f16 and stored F16 (F32 for the f32 format), the head tied to them.
+IQ2_S, which has no zero level, holds the nearest values its codebook has (formats/iq2_s.py's encoder). TL1/TL2 files
+get the tilings of `tl_tiling`, written beside the GGUF as bitnet.cpp's `<stem>.kernel_config.ini` (layout.py), and
+each weight's 1-element F32 `<name>_scale` tensor holds its scale, as bitnet.cpp's converter writes them.
 Each tensor has its own numpy Generator seeded from (seed, tensor name), so bytes do not depend on the order of work.
 Files are written tensor by tensor (GGUFWriter), into a temporary file renamed into place when complete.
 """
@@ -43,19 +46,25 @@ from bitnet_ref.constants import (
     KEY_TOKENS,
     KEY_VOCAB_SIZE,
     TENSOR_TOKEN_EMBD,
-    GGMLType,
+    TL_SCALE_SUFFIX,
     ValueType,
 )
-from bitnet_ref.errors import ConfigError, FileAccessError
+from bitnet_ref.errors import ConfigError, FileAccessError, FormatError
 from bitnet_ref.files import check_writable, file_sha256
-from bitnet_ref.formats import F32, I2_S, TQ2_0
+from bitnet_ref.formats import F32, I2_S, I2_S_ARM, TQ2_0
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
+from bitnet_ref.layout import Layout, kernel_config_text, read_layout, sidecar
 from bitnet_ref.vocab import build_vocabulary
 
 SYNTH_VERSION = 1  # bump whenever the bytes for the same arguments change; part of every cache key
 ARCHS = (ARCH_BITNET, ARCH_BITNET_B158)
-FORMATS = formats.WRITABLE  # the linears' format: a name ("tq2_0") of a format class with a FILE_TYPE
+# the linears' format: a name ("tq2_0") of a format class with a FILE_TYPE, or "i2_s_arm" (I2_S in the ARM layout)
+SYNTH_FORMATS: dict[str, type[formats.Format]] = {
+    **{f.NAME: f for f in formats.REGISTRY.values() if f.FILE_TYPE is not None}, I2_S_ARM.NAME: I2_S_ARM
+}
+FORMATS = tuple(SYNTH_FORMATS)
+TWIN_OF = (I2_S.TYPE, formats.TL1.TYPE, formats.TL2.TYPE)  # bitnet.cpp's types, which llama.cpp cannot load
 RMS_EPS = 1e-5
 NORM_NOISE = 0.02  # norm weights are 1 + N(0, NORM_NOISE^2)
 EMBD_GAIN = 2.0  # embedding std = EMBD_GAIN / sqrt(n_embd): tied-head logits have std ~ EMBD_GAIN
@@ -117,12 +126,12 @@ def resolve_dims(preset: str, **dims: float | None) -> Dims:
 class _Tensor:
     name: str
     shape: tuple[int, ...]  # ggml ne order
-    type: GGMLType
-    kind: str  # "embd", "norm" or "linear"
+    fmt: type[formats.Format]
+    kind: str  # "embd", "norm", "linear" or "scale" (a TL weight's `<name>_scale`)
 
     @property
     def nbytes(self) -> int:
-        return formats.get(self.type).nbytes(self.shape)
+        return self.fmt.nbytes(self.shape)
 
 
 @dataclass(frozen=True)
@@ -148,9 +157,33 @@ def synth_model(
     """Write a synthetic BitNet GGUF to path (streaming, atomically) and return the path."""
     plan = _plan(preset, fmt, arch, seed, vocab, dims)
     path = Path(path)
+    tilings = _tilings(plan)
+    if tilings:
+        with _atomic(sidecar(path)) as tmp:
+            tmp.write_text(kernel_config_text(tilings), encoding="utf-8")
     with _atomic(path) as tmp:
         _write(tmp, plan, progress)
     return path
+
+
+def tl_tiling(fmt: type[formats.Format], m: int, k: int) -> tuple[int, int, int]:
+    """The (BM, BK, bm) synthetic TL1/TL2 files use for an (M, K) weight: bm = 32, the largest BM of (256, 160, 128,
+    64, 32) that divides M, and BK = the largest of (128, 64) dividing K (TL1) or 96 (TL2, bitnet.cpp's value)."""
+    bm_tile = next((b for b in (256, 160, 128, 64, 32) if m % b == 0), 32)
+    bks = (128, 64) if fmt is formats.TL1 else (96,)
+    tiling = fmt.Tiling(bm_tile, next((b for b in bks if k % b == 0), bks[-1]), 32)
+    tiling.check(m, k)
+    return tiling.BM, tiling.BK, tiling.bm
+
+
+def _tilings(plan: _Plan) -> tuple[tuple[int, int, int, int, int], ...]:
+    """(M, K, BM, BK, bm) of every distinct TL weight shape of a plan, in first-use order."""
+    rows: dict[tuple[int, int], tuple[int, int, int]] = {}
+    for t in plan.tensors:
+        if t.fmt.SCALE_TENSOR:
+            k, m = t.shape
+            rows.setdefault((m, k), tl_tiling(t.fmt, m, k))
+    return tuple((*mk, *tiling) for mk, tiling in rows.items())
 
 
 def cached_model(
@@ -165,7 +198,7 @@ def cached_model(
 ) -> Path:
     """Path of the synthetic model for these arguments under the cache, generated on first use."""
     path = cache_path(preset=preset, fmt=fmt, arch=arch, seed=seed, vocab=vocab, **dims)
-    if not path.exists():
+    if not path.exists() or (SYNTH_FORMATS[fmt].SCALE_TENSOR and not sidecar(path).exists()):
         path.parent.mkdir(parents=True, exist_ok=True)
         synth_model(path, preset=preset, fmt=fmt, arch=arch, seed=seed, vocab=vocab, progress=progress, **dims)
     return path
@@ -205,17 +238,19 @@ def cache_path(
     return cache_dir() / f"{preset}{custom}-{arch}-{fmt}-seed{seed}{vocab_tag}-v{SYNTH_VERSION}-{digest}.gguf"
 
 
-def tq2_0_twin(i2s_path: str | os.PathLike, progress: Progress | None = None) -> Path:
-    """A TQ2_0 copy with arch `bitnet` (llama.cpp-loadable) of an I2_S file, cached beside it.
+def tq2_0_twin(path: str | os.PathLike, layout: Layout | None = None, progress: Progress | None = None) -> Path:
+    """A TQ2_0 copy with arch `bitnet` (llama.cpp-loadable) of a file with I2_S, TL1 or TL2 weights, cached beside it;
+    `layout` says how those are read (default: layout.read_layout's, the x86 I2_S layout and the sidecar tilings).
 
-    Ternary patterns are copied exactly; each block's d is fp16(scale), so the copy is lossless when the I2_S scale is
-    f16-representable (every synthetic file) and within 2^-11 relative otherwise."""
-    src = Path(i2s_path)
+    Ternary patterns are copied exactly; each block's d is fp16(scale) (TL: the `<name>_scale` tensor, which the copy
+    drops), so the copy is lossless when the scale is f16-representable (every synthetic file) and within 2^-11
+    relative otherwise."""
+    src = Path(path)
     out = src.with_name(src.name.removesuffix(".gguf") + TWIN_SUFFIX)
     if out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:
         return out
     with _atomic(out) as tmp:
-        _write_twin(src, tmp, progress)
+        _write_twin(src, tmp, layout, progress)
     return out
 
 
@@ -271,8 +306,17 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_blocks(dims: Dims, fmt: str) -> None:
-    """Every linear's K (n_embd, n_ff) must be a multiple of the format's block."""
-    block = formats.by_name(fmt).BLOCK_ELEMS
+    """Every linear's K (n_embd, n_ff) must be a multiple of the format's block (TL1/TL2: fit a tiling)."""
+    cls = SYNTH_FORMATS[fmt]
+    if cls.SCALE_TENSOR:
+        kv = dims.n_embd // dims.n_head * dims.n_head_kv
+        for m, k in ((dims.n_embd, dims.n_embd), (kv, dims.n_embd), (dims.n_ff, dims.n_embd), (dims.n_embd, dims.n_ff)):
+            try:
+                tl_tiling(cls, m, k)
+            except FormatError as e:
+                raise ConfigError(f"{fmt.upper()} weight of M = {m}, K = {k}: {e}") from None
+        return
+    block = cls.BLOCK_ELEMS
     for name in ("n_embd", "n_ff"):
         value = getattr(dims, name)
         if value % block:
@@ -286,7 +330,7 @@ def _arch_metadata(dims: Dims, fmt: str, arch: str, preset: str, seed: int) -> l
     return [
         (KEY_ARCHITECTURE, arch, s),
         (KEY_NAME, f"bitnet-ref synthetic {preset}", s),
-        (KEY_FILE_TYPE, int(formats.by_name(fmt).FILE_TYPE), u32),
+        (KEY_FILE_TYPE, int(SYNTH_FORMATS[fmt].FILE_TYPE), u32),
         (KEY_VOCAB_SIZE.format(**a), dims.n_vocab, u32),
         (KEY_CONTEXT_LENGTH.format(**a), dims.n_ctx, u32),
         (KEY_EMBEDDING_LENGTH.format(**a), dims.n_embd, u32),
@@ -306,15 +350,18 @@ def _arch_metadata(dims: Dims, fmt: str, arch: str, preset: str, seed: int) -> l
 
 def _tensors(config: ModelConfig, fmt: str) -> list[_Tensor]:
     """The tensors of the file in writing order, with their types: F32 norms, F16 (or F32) embeddings."""
-    embd_type = GGMLType.F32 if fmt == F32.NAME else GGMLType.F16
+    embd_fmt = formats.F32 if fmt == F32.NAME else formats.F16
+    linear = SYNTH_FORMATS[fmt]
     out = []
     for name, shape in config.expected_tensors().items():
         if name == TENSOR_TOKEN_EMBD:
-            out.append(_Tensor(name, shape, embd_type, "embd"))
+            out.append(_Tensor(name, shape, embd_fmt, "embd"))
         elif len(shape) == 1:
-            out.append(_Tensor(name, shape, GGMLType.F32, "norm"))
+            out.append(_Tensor(name, shape, formats.F32, "norm"))
         else:
-            out.append(_Tensor(name, shape, formats.by_name(fmt).TYPE, "linear"))
+            out.append(_Tensor(name, shape, linear, "linear"))
+            if linear.SCALE_TENSOR:
+                out.append(_Tensor(name + TL_SCALE_SUFFIX, (1,), formats.F32, "scale"))
     return out
 
 
@@ -341,23 +388,28 @@ def _write(path: Path, plan: _Plan, progress: Progress | None) -> None:
         for key, value, types in plan.metadata:
             w.add_kv(key, value, types)
         for t in plan.tensors:
-            w.add_tensor(t.name, t.shape, t.type, t.nbytes)
+            w.add_tensor(t.name, t.shape, t.fmt.TYPE, t.nbytes)
         w.write_header()
+        shapes = {t.name: t.shape for t in plan.tensors}
         for t in plan.tensors:
-            w.write_tensor(t.name, tensor_bytes(t.name, t.shape, t.type, t.kind, plan.seed))
+            shape = shapes[t.name.removesuffix(TL_SCALE_SUFFIX)] if t.kind == "scale" else t.shape
+            w.write_tensor(t.name, tensor_bytes(t.name, shape, t.fmt, t.kind, plan.seed))
             done += t.nbytes
             if progress is not None:
                 progress(t.name, done, total)
 
 
-def tensor_bytes(name: str, shape: tuple[int, ...], type_id: GGMLType, kind: str, seed: int) -> np.ndarray:
-    """The encoded bytes of one synthetic tensor (kind "embd", "norm" or "linear")."""
+def tensor_bytes(name: str, shape: tuple[int, ...], fmt: type[formats.Format], kind: str, seed: int) -> np.ndarray:
+    """The encoded bytes of one synthetic tensor (kind "embd", "norm", "linear", or "scale" with its weight's shape)."""
     if kind == "embd":
-        return embedding(name, shape, seed, np.float32 if type_id == GGMLType.F32 else np.float16).view(np.uint8)
+        return embedding(name, shape, seed, np.float32 if fmt is formats.F32 else np.float16).view(np.uint8)
     if kind == "norm":
-        return formats.get(type_id).encode(norm_weight(name, shape[0], seed))
+        return fmt.encode(norm_weight(name, shape[0], seed))
+    if kind == "scale":  # the converter's max|w| of the weight (shape is the weight's): its scale, for ternary x scale
+        return np.array([ternary_weight(name.removesuffix(TL_SCALE_SUFFIX), shape, seed)[1]], np.float32)
     t, scale = ternary_weight(name, shape, seed)
-    fmt = formats.get(type_id)
+    if fmt.SCALE_TENSOR:
+        return fmt.encode_ternary(t, fmt.Tiling(*tl_tiling(fmt, *t.shape)))
     if hasattr(fmt, "encode_ternary"):
         return fmt.encode_ternary(t, scale)
     return fmt.encode(t.astype(np.float32) * np.float32(scale))
@@ -403,32 +455,48 @@ def embedding(name: str, shape: tuple[int, ...], seed: int, dtype: type) -> np.n
     return out
 
 
-def _write_twin(src: Path, dst: Path, progress: Progress | None) -> None:
-    """Stream src's metadata (arch renamed to bitnet) and tensors (I2_S re-encoded as TQ2_0) to dst."""
+def _write_twin(src: Path, dst: Path, layout: Layout | None, progress: Progress | None) -> None:
+    """Stream src's metadata (arch renamed to bitnet) and tensors (I2_S/TL1/TL2 re-encoded as TQ2_0, the TL
+    `<name>_scale` tensors dropped) to dst."""
     with read_gguf(src) as g:
         arch = g.arch
-        if not any(t.type == I2_S.TYPE for t in g.tensors.values()):
-            raise ConfigError(f"{src}: no I2_S tensors; tq2_0_twin copies I2_S files")
-        types = {n: TQ2_0.TYPE if t.type == I2_S.TYPE else t.type for n, t in g.tensors.items()}
-        total = sum(formats.get(types[n]).nbytes(t.shape) for n, t in g.tensors.items())
+        layout = layout or read_layout(g)
+        if not any(t.type in TWIN_OF for t in g.tensors.values()):
+            raise ConfigError(f"{src}: no I2_S, TL1 or TL2 tensors; tq2_0_twin copies such files")
+        scale_tensors = {n + TL_SCALE_SUFFIX for n, t in g.tensors.items() if formats.get(t.type).SCALE_TENSOR}
+        kept = {n: t for n, t in g.tensors.items() if n not in scale_tensors}
+        types = {n: TQ2_0.TYPE if t.type in TWIN_OF else t.type for n, t in kept.items()}
+        total = sum(formats.get(types[n]).nbytes(t.shape) for n, t in kept.items())
         if progress is not None:
             progress("", 0, total)
         with GGUFWriter(dst, alignment=g.alignment) as w:
             for key, value in g.metadata.items():
                 w.add_kv(*_twin_kv(key, value, arch), g.value_types[key])
             w.add_kv(KEY_TWIN_SOURCE, src.name, ValueType.STRING)
-            for n, t in g.tensors.items():
+            for n, t in kept.items():
                 w.add_tensor(n, t.shape, types[n])
             w.write_header()
             done = 0
-            for n, t in g.tensors.items():
+            for n, t in kept.items():
                 raw = g.tensor_bytes(n)
-                if t.type == I2_S.TYPE:
-                    raw = TQ2_0.encode_ternary(I2_S.ternary(raw, t.shape), float(I2_S.scales(raw, t.shape)[0]))
+                if t.type in TWIN_OF:
+                    raw = TQ2_0.encode_ternary(*_ternary_and_scale(g, n, layout))
                 w.write_tensor(n, raw)
                 done += formats.get(types[n]).nbytes(t.shape)
                 if progress is not None:
                     progress(n, done, total)
+
+
+def _ternary_and_scale(g, name: str, layout: Layout) -> tuple[np.ndarray, float]:
+    """(int8 ternary (M, K), scale) of an I2_S (in the layout's block layout), TL1 or TL2 weight."""
+    t = g.tensors[name]
+    raw = g.tensor_bytes(name)
+    if t.type == I2_S.TYPE:
+        fmt = layout.i2s_format
+        return fmt.ternary(raw, t.shape), float(fmt.scales(raw, t.shape)[0])
+    fmt = formats.get(t.type)
+    tiling = fmt.Tiling(*layout.tiling(fmt, t.rows, t.cols))
+    return fmt.ternary(raw, t.shape, tiling), float(g.tensor_bytes(name + TL_SCALE_SUFFIX).view(np.float32)[0])
 
 
 def _twin_kv(key: str, value: object, arch: str) -> tuple[str, object]:

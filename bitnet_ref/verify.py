@@ -13,9 +13,10 @@ import numpy as np
 from bitnet_ref import formats
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import KEY_ARCHITECTURE, TL_SCALE_SUFFIX, GGMLType
-from bitnet_ref.errors import BitnetRefError, FileAccessError, ScaleError
+from bitnet_ref.errors import BitnetRefError, ConfigError, FileAccessError, ScaleError
 from bitnet_ref.formats import BlockFormat, Format
 from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
+from bitnet_ref.layout import Layout, read_layout
 
 CHUNK_ELEMENTS = 1 << 22  # verify decodes big tensors in row chunks of about this many elements
 _F32 = np.dtype("<f4")
@@ -51,15 +52,16 @@ class Verdict:
             if self.n_ternary
             else "no ternary tensors"
         )
-        skipped = f" ({len(self.skipped)} TL tensors: scales only, codes not decoded)" if self.skipped else ""
+        skipped = f" ({len(self.skipped)} TL tensors with no tiling: scales only)" if self.skipped else ""
         return (
             f"OK {self.file}: {self.arch}, {self.n_tensors} tensors ({types}), {self.elements:,} values decoded, "
             f"all finite, {ternary}{skipped} ({self.seconds:.1f} s)"
         )
 
 
-def verify(path: Path) -> Verdict:
-    """Read and validate the header, every scale, the config and tensor shapes, then decode every tensor."""
+def verify(path: Path, kernel_config: Path | None = None) -> Verdict:
+    """Read and validate the header, every scale, the config and tensor shapes, then decode every tensor (TL1/TL2
+    with the tilings of `kernel_config` or the sidecar kernel_config.ini; without one only their scales)."""
     start = time.perf_counter()
     v = Verdict(file=str(path))
     stage = "read"
@@ -71,9 +73,11 @@ def verify(path: Path) -> Verdict:
             check_scales(g)
             stage = "config"
             ModelConfig.from_gguf(g).check_tensors(g)
+            stage = "layout"
+            layout = read_layout(g, kernel_config=kernel_config)
             stage = "tensors"
             for info in g.tensors.values():
-                v.elements += _verify_tensor(g, info, v)
+                v.elements += _verify_tensor(g, info, v, layout)
     except FileAccessError:
         raise  # no file to judge: the path is wrong, which is the caller's error and not a verdict on a model
     except (BitnetRefError, VerifyProblem) as e:
@@ -82,15 +86,21 @@ def verify(path: Path) -> Verdict:
     return v
 
 
-def _verify_tensor(g: GGUFFile, info: TensorInfo, v: Verdict) -> int:
+def _verify_tensor(g: GGUFFile, info: TensorInfo, v: Verdict, layout: Layout) -> int:
     """Decode one tensor chunk by chunk (values must be finite; ternary ones in {-1, 0, 1} * scale); returns the number
-    of values decoded. TL1/TL2 codes are not decoded: their tiling is a build setting the file does not record."""
+    of values decoded. TL1/TL2 codes are decoded whole with the layout's tiling (their scale tensor is checked apart);
+    with none for their shape, they are skipped: the tiling is a build setting the file does not record."""
     fmt = formats.get(info.type)
     ternary = info.type in formats.TERNARY_TYPES
     if fmt.Tiling is not None:
-        v.skipped.append(info.name)
         v.n_ternary += 1
-        return 0
+        try:
+            tiling = fmt.Tiling(*layout.tiling(fmt, info.rows, info.cols))
+        except ConfigError:
+            v.skipped.append(info.name)
+            return 0
+        fmt.ternary(g.tensor_bytes(info.name), info.shape, tiling)  # FormatError names a code out of range
+        return info.n_elements
     raw = g.tensor_bytes(info.name)
     unwritten = fmt.unwritten_code(raw, info.shape)
     if unwritten is not None:

@@ -57,7 +57,7 @@ class BitnetRefBackend:
     name = "bitnet_ref"
 
     def __init__(self, path: str | Path, *, numerics: object = "ggml", n_threads: int = 2, ffn_act: str | None = None,
-                 n_ctx: int | None = None):
+                 n_ctx: int | None = None, i2s_layout: str = "x86"):
         from bitnet_ref.gguf_reader import read_gguf
         from bitnet_ref.model import load_model
         from bitnet_ref.tokenizer import Tokenizer
@@ -65,7 +65,7 @@ class BitnetRefBackend:
         self.path = Path(path)
         try:
             self.model = load_model(self.path, numerics=numerics, n_threads=n_threads, ffn_act=ffn_act, n_ctx=n_ctx,
-                                    n_ubatch=n_ctx or N_UBATCH_DEFAULT)
+                                    n_ubatch=n_ctx or N_UBATCH_DEFAULT, i2s_layout=i2s_layout)
             with read_gguf(self.path) as gguf:
                 self.tokenizer = Tokenizer.from_gguf(gguf)
         except BitnetRefError as exc:

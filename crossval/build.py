@@ -13,6 +13,8 @@ than the plain CPU path the profile emulates; `weight_paths` names them.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 PLAIN_BUFFERS = ("CPU", "CPU_Mapped")  # the plain CPU path: host memory (mmapped or allocated) read by ggml-cpu
@@ -80,3 +82,16 @@ def weight_paths(buffers: dict[str, str]) -> str:
         shown = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
         parts.append(f"{buf} for {len(names)} weight{'s' if len(names) > 1 else ''} ({shown})")
     return ("llama.cpp used " + "; ".join(parts)) if parts else ""
+
+
+TILED_MM_ENV = "GGML_CPU_TILED_MM"  # llama.cpp reads it once; "0" (or non-numeric) disables the tiled kernels
+
+
+def tiled_mm_enabled() -> bool:
+    """Whether llama.cpp (which inherits this environment) runs its tiled IQ2_S kernel for ≥ 8 tokens: unless
+    GGML_CPU_TILED_MM is set to a value C's atoi reads as 0."""
+    value = os.environ.get(TILED_MM_ENV)
+    if value is None:
+        return True
+    digits = re.match(r"\s*[+-]?\d+", value)
+    return digits is not None and int(digits.group()) != 0

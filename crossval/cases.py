@@ -1,8 +1,9 @@
 """The case matrix: models × formats × prompts × profiles × threads, and the files each engine gets.
 
-Synthetic models come from bitnet_ref.synth. llama.cpp cannot load I2_S, so it gets the lossless TQ2_0 twin; it
-does not know the fork's `bitnet-b1.58` architecture, so it gets a relabelled copy (arch `bitnet`, where it runs
-SiLU: the relu² case, an expected divergence). `BITNET_GGUF=path` adds a user's model to the matrix.
+Synthetic models come from bitnet_ref.synth. llama.cpp cannot load bitnet.cpp's I2_S, TL1 and TL2, so it gets the
+lossless TQ2_0 twin (the "i2_s_arm" format is I2_S in the ARM layout, which bitnet_ref is told to read); it does not
+know the fork's `bitnet-b1.58` architecture, so it gets a relabelled copy (arch `bitnet`, where it runs SiLU: the
+relu² case, an expected divergence). `BITNET_GGUF=path` adds a user's model to the matrix.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bitnet_ref.constants import ARCH_BITNET, ARCH_BITNET_B158, KEY_ARCHITECTURE
-from bitnet_ref.formats import BF16, F16, F32, I2_S, Q8_0, TQ1_0, TQ2_0, WRITABLE
+from bitnet_ref.formats import BF16, F16, F32, I2_S, I2_S_ARM, IQ2_S, Q8_0, TL1, TL2, TQ1_0, TQ2_0
+from bitnet_ref.synth import FORMATS as SYNTH_FORMATS
 
-FORMATS = WRITABLE  # every format synthetic models come in
+LAYOUT_FORMATS = (I2_S_ARM.NAME,)  # a layout of another format: a few cases of its own, not the whole product
+FORMATS = tuple(f for f in SYNTH_FORMATS if f not in LAYOUT_FORMATS)  # the formats of the case product
 PROFILES = ("ggml", "bitnet")
 THREADS = (1, 2)
 SYNTH_PRESETS = ("tiny", "small")
@@ -23,7 +26,7 @@ USER_MODEL_ENV = "BITNET_GGUF"
 LONG_FILL = 0.8  # the long prompt fills this fraction of the compared context
 LONG_CTX_CAP = 1024  # ... of at most this many tokens (every position's logits and activations are held)
 N_GREEDY = 8
-USER_FORMAT_PRIORITY = (I2_S, TQ1_0, TQ2_0, Q8_0, BF16, F16, F32)  # a user model's label: its linears' format
+USER_FORMAT_PRIORITY = (I2_S, TL1, TL2, TQ1_0, TQ2_0, IQ2_S, Q8_0, BF16, F16, F32)  # a user model's label
 RELABEL_SUFFIX = ".as-bitnet.gguf"
 
 PROMPTS: dict[str, str] = {
@@ -85,9 +88,14 @@ class Case:
         return (self.preset, self.fmt, self.arch, self.seed, self.user_path, self.profile, self.threads,
                 self.flash_attn)
 
+    @property
+    def i2s_layout(self) -> str:
+        """The I2_S layout bitnet_ref reads the engine's file with: "arm" for the i2_s_arm format, else "x86"."""
+        return "arm" if self.fmt == I2_S_ARM.NAME else "x86"
+
     def describe(self) -> dict:
         """All fields plus the id."""
-        return {"case": self.id, **asdict(self)}
+        return {"case": self.id, **asdict(self), "i2s_layout": self.i2s_layout}
 
 
 def _synth_cases(presets, formats, prompts, profiles, threads) -> list[Case]:
@@ -128,6 +136,7 @@ def matrix(*, quick: bool = False, with_2b4t: bool = False, user_model: str | No
         cases = _synth_cases(("tiny",), FORMATS, ("hello",), PROFILES, (2,))
         cases += _synth_cases(("tiny",), (TQ2_0.NAME,), ("mixed", "long"), PROFILES, (1,))
         cases += _relu2_cases(("tiny",), ("ggml",))
+        cases += _synth_cases(("tiny",), LAYOUT_FORMATS, ("hello",), PROFILES, (2,))
     else:
         # the full product on tiny; small at 2 threads (plus 1 thread on TQ2_0): neither engine's numbers depend on
         # the thread count (docs/NUMERICS.md §4.1), so the second count only guards against races, cheaply
@@ -135,6 +144,7 @@ def matrix(*, quick: bool = False, with_2b4t: bool = False, user_model: str | No
         cases += _synth_cases(("small",), FORMATS, tuple(PROMPTS), PROFILES, (2,))
         cases += _synth_cases(("small",), (TQ2_0.NAME,), tuple(PROMPTS), PROFILES, (1,))
         cases += _relu2_cases(SYNTH_PRESETS, PROFILES)
+        cases += _synth_cases(SYNTH_PRESETS, LAYOUT_FORMATS, ("hello", "long"), PROFILES, (2,))
         if with_2b4t:
             cases += _synth_cases(("2b4t",), (TQ2_0.NAME, I2_S.NAME), ("hello", "long"), PROFILES, (2,))
     user_model = user_model or os.environ.get(USER_MODEL_ENV)
@@ -153,15 +163,18 @@ def engine_model(case: Case) -> Path:
 
 
 def llama_model(case: Case, engine_path: Path) -> Path:
-    """The GGUF llama.cpp loads: the engine's file, its TQ2_0 twin (I2_S), or an arch-`bitnet` relabelled copy."""
+    """The GGUF llama.cpp loads: the engine's file, its TQ2_0 twin (I2_S, TL1, TL2), or an arch-`bitnet` relabelled
+    copy."""
     from bitnet_ref.gguf_reader import read_gguf
-    from bitnet_ref.synth import tq2_0_twin
+    from bitnet_ref.layout import read_layout
+    from bitnet_ref.synth import TWIN_OF, tq2_0_twin
 
     with read_gguf(engine_path) as g:
-        has_i2s = any(t.type == I2_S.TYPE for t in g.tensors.values())
+        needs_twin = any(t.type in TWIN_OF for t in g.tensors.values())
         arch = g.arch
-    if has_i2s:
-        return tq2_0_twin(engine_path)
+        layout = read_layout(g, case.i2s_layout)
+    if needs_twin:
+        return tq2_0_twin(engine_path, layout)
     if arch != ARCH_BITNET:
         return relabelled_copy(engine_path)
     return engine_path

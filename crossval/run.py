@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.files import file_sha256
+from bitnet_ref.formats import IQ2_S, TL1, TL2
 from bitnet_ref.numerics import resolve
 from crossval import cases as C
 from crossval import points as P
 from crossval import verdict as V
 from crossval.backends import Backend, BitnetRefBackend
-from crossval.build import ReferenceBuild, weight_paths
+from crossval.build import TILED_MM_ENV, ReferenceBuild, tiled_mm_enabled, weight_paths
 from crossval.isolated import IsolatedBackend
 from crossval.thresholds import load_thresholds
 
@@ -82,11 +84,21 @@ def engine_numerics(case: C.Case, build: ReferenceBuild):
 
 
 def approx_reason(case: C.Case, build: ReferenceBuild, ref_desc: dict) -> str:
-    """Why a ggml case cannot be bit-exact: the reference's build or its weights' buffer types ('' when it can)."""
+    """Why a ggml case cannot be bit-exact: the reference's build or its weights' buffer types, a TL format (llama.cpp
+    runs its TQ2_0 twin, bitnet_ref bitnet.cpp's LUT arithmetic), llama.cpp's tiled IQ2_S kernel switched off ('')."""
     if case.profile != "ggml":
         return ""
     reasons = [r for r in (build.why_not, weight_paths(ref_desc.get("weight_buffers", {}))) if r]
-    return "; ".join(reasons) + ("; ggml profile emulates the plain CPU path" if reasons and not build.why_not else "")
+    if reasons and not build.why_not:
+        reasons.append("ggml profile emulates the plain CPU path")
+    if case.fmt in (TL1.NAME, TL2.NAME):
+        reasons.append(f"llama.cpp has no {case.fmt.upper()} kernel: it runs the TQ2_0 twin, bitnet_ref bitnet.cpp's "
+                       "lookup-table arithmetic")
+    if case.fmt == IQ2_S.NAME and not tiled_mm_enabled():
+        reasons.append(f"{TILED_MM_ENV}={os.environ[TILED_MM_ENV]!r} switches off llama.cpp's tiled IQ2_S kernel, "
+                       "which the ggml profile emulates")
+    return "; ".join(reasons)
+
 
 
 class Backends:
@@ -112,7 +124,7 @@ class Backends:
                 build = ReferenceBuild.from_system_info(ref_desc.get("system_info", ""))
                 ref_desc["build"] = build.describe()
                 engine = BitnetRefBackend(epath, numerics=engine_numerics(case, build), n_threads=case.threads,
-                                          n_ctx=n_ctx)
+                                          n_ctx=n_ctx, i2s_layout=case.i2s_layout)
             except BaseException:
                 ref.close()
                 raise

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import crossval.llama_cpp_backend as llama_backend
-from bitnet_ref import linear
-from bitnet_ref.constants import GGMLType
+from bitnet_ref import formats, linear
 from bitnet_ref.kernels import attention, norm, rope
 from crossval import cases as C
 from crossval import thresholds as T
@@ -139,7 +138,7 @@ def test_i2s_bit_order_reversed(refs, th, monkeypatch, profile):
         return run
 
     for kind in ("i8_token", "q8_k"):  # bitnet profile: per-token int8; ggml profile: Q8_K
-        key = (GGMLType.I2_S, kind, linear.CPU)
+        key = (formats.I2_S, kind, linear.CPU)
         monkeypatch.setitem(linear.KERNELS, key, flipped(linear.KERNELS[key]))
     _assert_located(_verdict(_case("i2_s", profile), refs, th), 0, "Qcur")
 

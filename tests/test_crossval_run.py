@@ -141,7 +141,7 @@ def test_quick_matrix_shape():
     quick = C.matrix(quick=True, user_model="")
     ids = [c.id for c in quick]
     assert len(ids) == len(set(ids))
-    assert {c.fmt for c in quick} == set(C.FORMATS) and {c.profile for c in quick} == set(C.PROFILES)
+    assert {c.fmt for c in quick} == set(C.FORMATS + C.LAYOUT_FORMATS) and {c.profile for c in quick} == set(C.PROFILES)
     assert {c.threads for c in quick} == {1, 2} and any(c.arch == "bitnet-b1.58" for c in quick)
     assert any(c.prompt == "long" for c in quick)
     full = C.matrix(user_model="")

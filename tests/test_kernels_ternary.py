@@ -50,10 +50,10 @@ def codes_tq1_0(w: np.ndarray, M: int, K: int) -> tuple[np.ndarray, np.ndarray]:
     return codes.reshape(M, K), f16_pairs(blk[:, :, 52:54])
 
 
-def codes_i2s(w: np.ndarray, M: int, K: int) -> tuple[np.ndarray, np.float32]:
-    """Unsigned codes (M, K) and the f32 scale of I2_S (x86 128-block) bytes."""
-    q = w[: M * K // 4].reshape(-1, 32)
-    codes = (q[:, None, :] >> np.array([6, 4, 2, 0]).reshape(4, 1)) & 3  # [block, g, p] -> 128·block + 32g + p
+def codes_i2s(w: np.ndarray, M: int, K: int, block: int = 128) -> tuple[np.ndarray, np.float32]:
+    """Unsigned codes (M, K) and the f32 scale of I2_S bytes (x86 128-element blocks, or ARM 64)."""
+    q = w[: M * K // 4].reshape(-1, block // 4)
+    codes = (q[:, None, :] >> np.array([6, 4, 2, 0]).reshape(4, 1)) & 3  # [block, g, p] -> B·block + (B/4)g + p
     return codes.reshape(M, K).astype(np.int64), w[M * K // 4 : M * K // 4 + 4].view("<f4")[0]
 
 
@@ -118,7 +118,7 @@ def twin_ggml(codes, dw, qs, dx, bsums) -> np.ndarray:
 
 def twin_d(fmt: str, scales, M: int, K: int) -> np.ndarray:
     """Block d (M, K/256) of the ggml twin: the TQ block ds, or for I2_S its TQ2_0 twin's f16(scale) everywhere."""
-    if fmt == "i2_s":
+    if fmt.startswith("i2_s"):
         return np.full((M, K // 256), np.float16(scales), F32)
     return scales
 
@@ -198,12 +198,14 @@ def pack_tq1_0(codes: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.concatenate([qs0, qs1, qh, f16_bytes(d)], axis=2).reshape(-1)
 
 
-def pack_i2s(codes: np.ndarray, scale: float) -> np.ndarray:
-    """I2_S bytes from codes (M, K): byte 32b + p holds 128b + p (bits 7-6), +32, +64, +96; f32 scale; 28 zeros."""
-    M, K = codes.shape
-    c = codes.reshape(-1, 4, 32).astype(np.uint8)
+def pack_i2s(codes: np.ndarray, scale: float, block: int = 128) -> np.ndarray:
+    """I2_S bytes from codes (M, K): byte (B/4)b + p holds Bb + p (bits 7-6), +B/4, +B/2, +3B/4; f32 scale; 28 zeros."""
+    c = codes.reshape(-1, 4, block // 4).astype(np.uint8)
     packed = (c << np.array([6, 4, 2, 0], np.uint8).reshape(4, 1)).sum(axis=1, dtype=np.uint8).reshape(-1)
     return np.concatenate([packed, np.array([scale], "<f4").view(np.uint8), np.zeros(28, np.uint8)])
+
+
+I2S_BLOCKS = {"i2_s": 128, "i2_s_arm": 64}
 
 
 def activations(rng, T: int, K: int) -> np.ndarray:
@@ -231,10 +233,11 @@ def weights(fmt: str, rng, M: int, K: int, random_bytes: bool):
         if random_bytes:
             w.reshape(M, nb, 54)[:, :, :52] = rng.integers(0, 256, (M, nb, 52))
         return readonly(w), codes_tq1_0(w, M, K)
-    w = pack_i2s(special_codes(rng, M, K), 0.7183)
+    block = I2S_BLOCKS[fmt]
+    w = pack_i2s(special_codes(rng, M, K), 0.7183, block)
     if random_bytes:
         w[: M * K // 4] = rng.integers(0, 256, M * K // 4)
-    return readonly(w), codes_i2s(w, M, K)
+    return readonly(w), codes_i2s(w, M, K, block)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -335,11 +338,11 @@ def test_layouts_match_the_format_encoders():
             want = pack(t.astype(np.int64) + 1, np.full((3, 2), 0.5, np.float16))
             assert np.array_equal(got, want), name
             checked += 1
-    if hasattr(formats.I2_S, "encode_ternary"):
-        assert np.array_equal(formats.I2_S.encode_ternary(t, 0.5), pack_i2s(t.astype(np.int64) + 1, 0.5))
+    for layout in (formats.I2_S, formats.I2_S_ARM):
+        want = pack_i2s(t.astype(np.int64) + 1, 0.5, layout.BLOCK_ELEMS)
+        assert np.array_equal(layout.encode_ternary(t, 0.5), want), layout.NAME
         checked += 1
-    if not checked:
-        pytest.skip("no format encoders yet")
+    assert checked == 4
 
 
 @pytest.mark.parametrize("T,K", [(1, 256), (3, 768), (8, 1280), (13, 512)])  # serial up to 8 rows, then parallel
@@ -391,7 +394,7 @@ def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
         )
 
 
-@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0", "i2_s"])
+@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0", "i2_s", "i2_s_arm"])
 @pytest.mark.parametrize("M,K,T", SHAPES)
 def test_ggml_profile_matches_x86_lane_twin(fmt, M, K, T):
     """matmul_<fmt>_q8k equals the 8-lane AVX2 vec_dot twin on every ISA path, canonical and random bytes (I2_S:
@@ -406,7 +409,7 @@ def test_ggml_profile_matches_x86_lane_twin(fmt, M, K, T):
             assert_same(run_kernel(fmt, "q8k", w, M, K, acts, isa), want, f"{fmt} q8k {ISA_NAMES[isa]} {M}x{K} T={T}")
 
 
-@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0", "i2_s"])
+@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0", "i2_s", "i2_s_arm"])
 @pytest.mark.parametrize("M,K,T", SHAPES)
 def test_bitnet_profile_matches_twin(fmt, M, K, T):
     """matmul_<fmt>_i8 equals the exact integer dot and the documented f32 epilogue on every ISA path."""
@@ -416,7 +419,7 @@ def test_bitnet_profile_matches_twin(fmt, M, K, T):
     q, s, act_sum = acts
     for random_bytes in (False, True):
         w, (codes, scales) = weights(fmt, rng, M, K, random_bytes)
-        if fmt == "i2_s":
+        if fmt.startswith("i2_s"):
             want = twin_i2s(codes, scales, q, s, act_sum)
         else:
             want = twin_tq_i8(codes, scales, q, s)

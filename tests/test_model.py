@@ -27,6 +27,7 @@ from bitnet_ref.errors import ConfigError, ContextOverflowError, EngineError, To
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
 from bitnet_ref.kernels import dense, ternary
+from bitnet_ref.layout import read_layout, sidecar
 from bitnet_ref.model import load_model
 from bitnet_ref.numerics import PROFILES
 
@@ -309,7 +310,9 @@ def test_numerics_profiles_are_explicit():
     g, b = PROFILES["ggml"], PROFILES["bitnet"]
     assert g.activation_for(GGMLType.TQ2_0) == "q8_k" and b.activation_for(GGMLType.TQ2_0) == "i8_token"
     assert g.activation_for(GGMLType.F16) == "f16" and b.activation_for(GGMLType.F16) == "none"
-    assert g.activation_for(GGMLType.IQ2_S) is None
+    assert g.activation_for(GGMLType.IQ2_S) == "q8_k" and b.activation_for(GGMLType.IQ2_S, bitlinear=True) == "i8_token"
+    assert g.activation_for(GGMLType.TL1) == g.activation_for(GGMLType.TL2) == "i8_lut"  # bitnet.cpp's LUT input
+    assert b.activation_for(GGMLType.TL2) == "i8_token"
     assert (g.kv_dtype, b.kv_dtype) == ("f16", "f32") and g.round_q_f16 and not b.round_softmax_f16
     assert g.lanes in (8, 16) and "\n" not in str(g) and str(b).startswith("bitnet:")
     assert [g.replace(simd=s).lanes for s in ("avx2", "avx512", "avx512bf16")] == [8, 16, 16]
@@ -396,7 +399,9 @@ def _compare(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     }
 
 
-LLAMA_CASES = ["f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "i2_s"]
+LLAMA_CASES = ["f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "iq2_s", "i2_s", "i2_s_arm", "tl1", "tl2"]
+TWINNED = ("i2_s", "i2_s_arm", "tl1", "tl2")  # llama.cpp reads their TQ2_0 twin
+LUT_FORMATS = ("tl1", "tl2")  # bitnet.cpp's LUT arithmetic in the ggml profile, not the twin's: close, not equal
 
 
 def reference_build():
@@ -416,9 +421,10 @@ def ggml_for(build):
 @pytest.mark.parametrize("fmt", LLAMA_CASES)
 def test_logits_match_llama_cpp(fmt, record_property):
     path = tiny(fmt)
-    ref_path = synth.tq2_0_twin(path) if fmt == "i2_s" else path
+    i2s_layout = "arm" if fmt == "i2_s_arm" else "x86"
+    ref_path = synth.tq2_0_twin(path, read_layout(read_gguf(path), i2s_layout)) if fmt in TWINNED else path
     build = reference_build()
-    m = load_model(path, ggml_for(build), n_threads=2)
+    m = load_model(path, ggml_for(build), n_threads=2, i2s_layout=i2s_layout)
     ref = LlamaRef(ref_path)
     try:
         toks = tokens(48, m.config.n_vocab, seed=11)
@@ -432,7 +438,7 @@ def test_logits_match_llama_cpp(fmt, record_property):
         record_property(k, v)
     print(f"{fmt}: " + " ".join(f"{k}={v:.7g}" for k, v in stats.items()))
     assert stats["r"] > 0.999, stats
-    if build.simd is not None:  # the profile emulates this build: every order, so every bit
+    if build.simd is not None and fmt not in LUT_FORMATS:  # the profile emulates this build: every order and bit
         assert stats["exact"] == 1.0, (build.simd, stats)
 
 
@@ -473,6 +479,29 @@ def test_trace_points_equal_llama_eval_callback_nodes():
         assert math.isclose(np.corrcoef(arr.ravel(), node.ravel())[0, 1], 1.0, abs_tol=1e-3), key
         checked += 1
     assert checked == len(LAYER_POINTS) * m.config.n_layer + 2
+
+
+def test_per_tensor_scale_formats_agree_bit_for_bit():
+    """The same ternary weights with one scale per tensor: I2_S in the x86 and ARM layouts, TL1 and TL2 (tiled by
+    their kernel_config.ini) give identical logits under the bitnet profile (exact integer sums, the same f32
+    epilogue y = D / s · scale); the two I2_S layouts also under the ggml profile. An ARM file read as x86 does not."""
+    toks = tokens(9, seed=32)
+
+    def logits(fmt, profile, i2s_layout="x86"):
+        m = load_model(tiny(fmt), profile, n_threads=2, i2s_layout=i2s_layout)
+        return np.concatenate([m.forward(toks, 0), m.forward(toks[:1], len(toks))])
+
+    want = logits("i2_s", "bitnet")
+    for fmt in ("i2_s_arm", "tl1", "tl2"):
+        got = logits(fmt, "bitnet", "arm" if fmt == "i2_s_arm" else "x86")
+        assert np.array_equal(got, want), (fmt, float(np.abs(got - want).max()))
+    assert np.array_equal(logits("i2_s_arm", "ggml", "arm"), logits("i2_s", "ggml"))
+    assert not np.allclose(logits("i2_s_arm", "bitnet", "x86"), want, atol=1e-2)
+    m = load_model(tiny("tl1"), "ggml", n_threads=2)
+    assert m.layout.tilings and m.describe()["layout"]["kernel_config"] == str(sidecar(tiny("tl1")))
+    assert m.weights.layers[0].attn_q.activation == "i8_lut" and m.weights.layers[0].attn_q.params[:3] in [
+        tuple(t[2:]) for t in m.layout.tilings
+    ]
 
 
 def test_bitnet_profile_quantizes_bitlinear_inputs_whatever_the_storage():

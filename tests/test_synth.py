@@ -14,6 +14,7 @@ from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import GGMLType, TokenType, ValueType
 from bitnet_ref.errors import ConfigError, FileAccessError
 from bitnet_ref.gguf_reader import read_gguf
+from bitnet_ref.layout import read_layout, sidecar
 from bitnet_ref.verify import check_scales
 from bitnet_ref.vocab import TRAINING_TEXT, build_vocabulary
 
@@ -74,8 +75,8 @@ def test_every_format_reads_back_valid(tiny, fmt):
             dims.n_ctx,
         )
         assert c.rope_base == 500000.0 and c.rms_eps == pytest.approx(1e-5) and c.tied_output
-        assert g.metadata["general.file_type"] == formats.by_name(fmt).FILE_TYPE
-        assert g.tensors[LINEAR].type == formats.by_name(fmt).TYPE
+        assert g.metadata["general.file_type"] == synth.SYNTH_FORMATS[fmt].FILE_TYPE
+        assert g.tensors[LINEAR].type == synth.SYNTH_FORMATS[fmt].TYPE
         assert g.tensors["token_embd.weight"].type == (GGMLType.F32 if fmt == "f32" else GGMLType.F16)
         assert g.tensors["blk.0.attn_norm.weight"].type == GGMLType.F32
 
@@ -222,8 +223,46 @@ def test_tq2_0_twin_is_lossless_and_cached(tiny):
         assert ModelConfig.from_gguf(g).ffn_act == "silu"
     mtime = twin.stat().st_mtime_ns
     assert synth.tq2_0_twin(tiny["i2_s"]) == twin and twin.stat().st_mtime_ns == mtime
-    with pytest.raises(ConfigError, match="no I2_S tensors"):
+    with pytest.raises(ConfigError, match="no I2_S, TL1 or TL2 tensors"):
         synth.tq2_0_twin(tiny["tq2_0"])
+
+
+@pytest.mark.parametrize("fmt", ["i2_s_arm", "tl1", "tl2"])
+def test_layouts_the_file_does_not_record_read_back_and_twin(tiny, fmt):
+    """The ARM I2_S layout (told) and TL1/TL2 tiles (tiled by the sidecar kernel_config.ini) hold exactly the drawn
+    T x scale; the TQ2_0 twin copies them losslessly and drops the TL `_scale` tensors; read in the other I2_S
+    layout, the ARM file's codes land on other elements."""
+    path = tiny[fmt]
+    layout_name = "arm" if fmt == "i2_s_arm" else "x86"
+    with read_gguf(path) as g:
+        lay = read_layout(g, layout_name)
+        assert bool(lay.tilings) == (fmt != "i2_s_arm")
+        assert (lay.kernel_config == str(sidecar(path))) == bool(lay.tilings)
+        info = g.tensors[LINEAR]
+        t, scale = synth.ternary_weight(LINEAR, info.shape, 0)
+        raw = np.array(g.tensor_bytes(LINEAR))
+        if fmt == "i2_s_arm":
+            assert np.array_equal(formats.I2_S_ARM.ternary(raw, info.shape), t)
+            assert not np.array_equal(formats.I2_S.ternary(raw, info.shape), t)
+        else:
+            fmt_cls = formats.by_name(fmt)
+            tiling = fmt_cls.Tiling(*lay.tiling(fmt_cls, info.rows, info.cols))
+            assert np.array_equal(fmt_cls.ternary(raw, info.shape, tiling), t)
+            assert g.tensor_bytes(LINEAR + "_scale").view(np.float32)[0] == np.float32(scale)
+    twin = synth.tq2_0_twin(path, lay)
+    with read_gguf(twin) as g:
+        assert not any(n.endswith("_scale") for n in g.tensors) and g.tensors[LINEAR].type == GGMLType.TQ2_0
+        assert np.array_equal(formats.TQ2_0.ternary(np.array(g.tensor_bytes(LINEAR)), info.shape), t)
+        assert formats.TQ2_0.scales(np.array(g.tensor_bytes(LINEAR)), info.shape).max() == np.float32(scale)
+
+
+def test_tl_files_without_their_tiling_are_refused(tiny, tmp_path):
+    """A TL file whose kernel_config.ini is not beside it (nor given) cannot be read: a one-line ConfigError."""
+    lone = tmp_path / "lone.gguf"
+    lone.write_bytes(tiny["tl2"].read_bytes())
+    with pytest.raises(ConfigError, match=r"TL2 weight of shape M = \d+, K = \d+: no tiling"):
+        synth.tq2_0_twin(lone)
+    assert not list(tmp_path.glob("*twin*"))
 
 
 def test_cached_model_keys_and_reuse(tmp_path, monkeypatch):

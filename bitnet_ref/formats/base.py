@@ -37,7 +37,7 @@ class Format:
     SCALE_TENSOR: ClassVar[bool] = False  # the scale is a separate 1-element F32 tensor `<name>_scale` (TL1, TL2)
     TERNARY: ClassVar[bool] = False  # the weights are ternary codes times a scale (BitNet's own formats)
     # the activation kind llama.cpp's CPU build converts a matmul's input to for this weight type (type_traits_cpu's
-    # vec_dot_type; numerics.ACTIVATION_KINDS); None: llama.cpp has no CPU matmul for it
+    # vec_dot_type; numerics.ACTIVATION_KINDS), or bitnet.cpp's where only it runs the type (TL1, TL2); None: none
     VEC_DOT_TYPE: ClassVar[str | None] = None
     Tiling: ClassVar[type | None] = None  # a byte order set by the build, not the file (TL1, TL2): its parameters
 

@@ -126,5 +126,6 @@ class I2_S(Format):
 class I2_S_ARM(I2_S):
     """I2_S in the ARM NEON layout of bitnet.cpp builds after 112f853: 64-element blocks of 16 code bytes."""
 
+    NAME = "i2_s_arm"  # a layout of type I2_S, never a type of its own: the registry maps I2_S to the x86 class
     BLOCK_ELEMS = 64
     BLOCK_BYTES = 16

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitnet_ref.constants import GGMLType
+from bitnet_ref.constants import FORK_FILE_TYPE_TL2, GGMLType
 from bitnet_ref.errors import FormatError
 from bitnet_ref.formats.base import Format
 
@@ -81,7 +81,11 @@ class TL2(Format):
     to the converter's allocation; the scale is the `<name>_scale` tensor."""
 
     TYPE = GGMLType.TL2
+    FILE_TYPE = FORK_FILE_TYPE_TL2  # bitnet.cpp's numbering (docs/FORMATS.md §2)
     TERNARY = True
+    # llama.cpp has no TL2 kernel; the only C++ that runs it is bitnet.cpp's LUT kernel, whose input is its own
+    # per-token preprocessing (kernels/lut.py)
+    VEC_DOT_TYPE = "i8_lut"
     SCALE_TENSOR = True
     Tiling = Tiling
     # bitnet_b1_58-3B tilings from setup_env.py (also what it uses for 2B-4T), keyed by (M, K)

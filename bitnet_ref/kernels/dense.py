@@ -375,7 +375,7 @@ BITLINEAR_BLOCK = TQ2_0.BLOCK_ELEMS  # 256: the TQ kernels' block
 
 
 @njit(cache=True, inline="always")
-def _bitlinear_dots(row, q, s, m, out):
+def bitlinear_dots(row, q, s, m, out):
     """out[t, m] for every token t, from one decoded weight row (K,) and int8 rows q (T, K), scales s (T,)."""
     T, K = q.shape
     for t in range(T):
@@ -397,7 +397,7 @@ def matmul_float_i8(w, M, K, bf16, q, s, out):
         for m in range(blk * ROW_BLOCK, min(M, (blk + 1) * ROW_BLOCK)):
             for k in range(K):
                 row[k] = bf16_to_f32(w[m * K + k]) if bf16 else load(w, m * K + k)
-            _bitlinear_dots(row, q, s, m, out)
+            bitlinear_dots(row, q, s, m, out)
 
 
 @njit(cache=True, parallel=True)
@@ -412,4 +412,4 @@ def matmul_q8_0_i8(w, M, K, q, s, out):
                 dw = _f16_le(w, off)
                 for e in range(Q8_0_BLOCK):
                     row[b * Q8_0_BLOCK + e] = dw * np.float32(np.int8(w[off + 2 + e]))
-            _bitlinear_dots(row, q, s, m, out)
+            bitlinear_dots(row, q, s, m, out)

@@ -23,6 +23,9 @@ bitnet profile (`*_i8`, activations from `quantize_i8_rows`: q, s, act_sum):
   for b in order: acc = f32(acc + f32(f32(D_b)·d_b)) with d_b the block's f16 d; y = f32(acc / s).
   act_sum is unused (per-block Σq is computed once per call).
 
+The ARM I2_S layout (64-element blocks, formats.I2_S_ARM) has its own `matmul_i2s_arm_*` with the same arithmetic:
+the integer sums are over the same elements, only the byte order differs; they always take the portable path.
+
 Two paths, chosen by `isa` (isa.ISA_*; `kernel_isa()` names the default):
 - SIMD (avx2, avx512vnni): the packed bytes go straight into the dot intrinsics of intrinsics.py; tokens are taken 4
   at a time so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
@@ -35,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.errors import FormatError
-from bitnet_ref.formats import I2_S, TQ1_0, TQ2_0
+from bitnet_ref.formats import I2_S, I2_S_ARM, TQ1_0, TQ2_0
 from bitnet_ref.kernels.intrinsics import (
     bits_f32,
     dot_i2s,
@@ -66,7 +69,8 @@ QK = TQ2_0.BLOCK_ELEMS  # elements per TQ / Q8_K block (256)
 TQ2_0_BYTES = TQ2_0.BLOCK_BYTES  # 66: qs u8[64] @0, d f16 @64
 TQ1_0_BYTES = TQ1_0.BLOCK_BYTES  # 54: qs u8[48] @0, qh u8[4] @48, d f16 @52
 I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128), in I2_S.BLOCK_BYTES = 32 bytes
-FMT_TQ2_0, FMT_TQ1_0, FMT_I2S = 0, 1, 2
+I2S_ARM_BLOCK = I2_S_ARM.BLOCK_ELEMS  # elements per I2_S ARM block (64), in 16 bytes
+FMT_TQ2_0, FMT_TQ1_0, FMT_I2S, FMT_I2S_ARM = 0, 1, 2, 3
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
 
 DEFAULT_ISA = default_isa()
@@ -106,9 +110,14 @@ def _q8k_block_bytes(fmt):
 
 
 @njit(cache=True)
+def _is_i2s(fmt):
+    return fmt == FMT_I2S or fmt == FMT_I2S_ARM
+
+
+@njit(cache=True)
 def _twin_d(w, M, K, fmt):
     """I2_S: the d of every block of its TQ2_0 twin, f16(scale) as f32; 0 for the TQ formats (d is in each block)."""
-    if fmt == FMT_I2S:
+    if _is_i2s(fmt):
         return round_f16(_i2s_scale(w, M, K))
     return np.float32(0.0)
 
@@ -116,7 +125,7 @@ def _twin_d(w, M, K, fmt):
 @njit(cache=True)
 def _block_d(w, o, bb, fmt, d_twin):
     """The f16 d of the 256-block at byte o (its last two bytes), or the I2_S twin's d."""
-    if fmt == FMT_I2S:
+    if _is_i2s(fmt):
         return d_twin
     return _f16_at(w, o + bb - 2)
 
@@ -294,6 +303,8 @@ def _layout(fmt):
         return 4, TQ2_0_BYTES, QK
     if fmt == FMT_TQ1_0:
         return 5, TQ1_0_BYTES, QK
+    if fmt == FMT_I2S_ARM:
+        return 4, 16, I2S_ARM_BLOCK
     return 4, 32, I2S_BLOCK
 
 
@@ -314,6 +325,8 @@ def _field_elements(fmt):
                 E[f, j] = 240 + 4 * f + j - 48
             elif fmt == FMT_I2S:
                 E[f, j] = 32 * f + j
+            elif fmt == FMT_I2S_ARM:
+                E[f, j] = 16 * f + j
     return E
 
 
@@ -375,6 +388,14 @@ def _dot4(u, x, i):
 @njit(cache=True)
 def _plane_lanes(planes, ap, lo, fmt, lanes):
     """lanes[k] += Σ planes·ap over the elements e of the 256-block at plane byte lo with (e mod 32) in [4k, 4k+3]."""
+    if fmt == FMT_I2S_ARM:  # byte j of chunk c (16 bytes), field f: element 64c + 16f + j, e mod 32 = 16(f mod 2) + j
+        for f in range(4):
+            u = planes[f, lo : lo + 64]
+            x = ap[f, lo : lo + 64]
+            for c in range(4):
+                for kk in range(4):
+                    lanes[4 * (f & 1) + kk] += _dot4(u, x, 16 * c + 4 * kk)
+        return
     if fmt != FMT_TQ1_0:  # TQ2_0 qs byte j, I2_S byte j of two chunks: elements with e mod 32 = j mod 32
         for f in range(4):
             u = planes[f, lo : lo + 64]
@@ -426,14 +447,14 @@ def _portable_i8(w, M, K, q, s, act_sum, qsum, out, fmt):
     F, bb, be = _layout(fmt)
     nblk = K // be
     ap = _act_planes(q, fmt, nblk, _field_elements(fmt))
-    scale = _i2s_scale(w, M, K) if fmt == FMT_I2S else np.float32(0.0)
+    scale = _i2s_scale(w, M, K) if _is_i2s(fmt) else np.float32(0.0)
     for task in prange((M + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         planes = np.empty((F, nblk * bb), np.uint8)
         for m in range(task * ROWS_PER_TASK, min(M, (task + 1) * ROWS_PER_TASK)):
             row = m * nblk * bb
             _weight_planes(w, row, fmt, planes)
             for t in range(q.shape[0]):
-                if fmt == FMT_I2S:
+                if _is_i2s(fmt):
                     out[t, m] = _i2s_epilogue(_plane_dot(planes, ap[t], 0, nblk * bb), act_sum[t], s[t], scale)
                     continue
                 acc = np.float32(0.0)
@@ -483,6 +504,12 @@ def matmul_i2s_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
 
 
 @njit(cache=True)
+def matmul_i2s_arm_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
+    """matmul_i2s_q8k for the ARM 64-block layout (portable path whatever `isa`: a checking layout, not a fast one)."""
+    _portable_q8k(w, M, K, qs, d, bsums, out, FMT_I2S_ARM)
+
+
+@njit(cache=True)
 def matmul_tq2_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
     """out[t, m] = Σ_b f32(d_b)·D_b / s[t] (f32, block order), TQ2_0 row m, int8 row t: q i8 (T,K), s f32 (T,)."""
     _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ2_0, isa)
@@ -503,10 +530,16 @@ def matmul_i2s_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
         _simd_i2s(w, M, K, q, s, act_sum, out, isa)
 
 
+@njit(cache=True)
+def matmul_i2s_arm_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
+    """matmul_i2s_i8 for the ARM 64-block layout (portable path whatever `isa`)."""
+    _portable_i8(w, M, K, q, s, act_sum, np.empty((0, 0), np.int32), out, FMT_I2S_ARM)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # argument checks (Python; the engine runs them once per weight at load time)
 
-FORMATS = (TQ2_0.NAME, TQ1_0.NAME, I2_S.NAME)  # the `fmt` names check_weight / check_matmul take
+FORMATS = (TQ2_0.NAME, TQ1_0.NAME, I2_S.NAME, I2_S_ARM.NAME)  # the `fmt` names check_weight / check_matmul take
 MAX_K = 65536  # keeps every int->f32 conversion of the epilogues exact
 
 
@@ -530,7 +563,7 @@ def check_weight(fmt: str, w: np.ndarray, M: int, K: int, act: str = "i8") -> No
     of the weight block and, for Q8_K activations, of 256)."""
     if fmt not in FORMATS:
         raise FormatError(f"ternary kernel: unknown format {fmt!r}; expected one of {FORMATS}")
-    block = I2S_BLOCK if fmt == "i2_s" and act != "q8k" else QK
+    block = {I2_S.NAME: I2S_BLOCK, I2_S_ARM.NAME: I2S_ARM_BLOCK}.get(fmt, QK) if act != "q8k" else QK
     if M < 1 or K < block or K % block or K > MAX_K:
         raise FormatError(f"{fmt}: K = {K}, M = {M}; K must be a positive multiple of {block}, at most {MAX_K}")
     need = weight_nbytes(fmt, M, K)
