@@ -24,6 +24,7 @@ import pytest
 from bitnet_ref import synth
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import ConfigError, ContextOverflowError, EngineError, TokenRangeError, UnsupportedFormatError
+from bitnet_ref.formats import TQ2_0
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
 from bitnet_ref.kernels import dense, ternary
@@ -502,6 +503,28 @@ def test_per_tensor_scale_formats_agree_bit_for_bit():
     assert m.weights.layers[0].attn_q.activation == "i8_lut" and m.weights.layers[0].attn_q.params[:3] in [
         tuple(t[2:]) for t in m.layout.tilings
     ]
+
+
+def test_f16_fallbacks_inside_a_tq_file_are_bitlinears_too(tmp_path):
+    """llama.cpp's converter writes F16 for rows it cannot quantize (1bitLLM-3B: K = 3200, 8640); such a projection
+    inside a TQ2_0 file still quantizes its input per token: the mixed file's logits equal the all-TQ2_0 file's."""
+    src = tiny("tq2_0")
+    mixed = tmp_path / "mixed.gguf"
+    fallback = ("blk.0.ffn_down.weight", "blk.1.attn_q.weight")
+    with read_gguf(src) as g, GGUFWriter(mixed, alignment=g.alignment) as w:
+        for key, value in g.metadata.items():
+            w.add_kv(key, value, g.value_types[key])
+        for name, t in g.tensors.items():
+            w.add_tensor(name, t.shape, GGMLType.F16 if name in fallback else t.type)
+        w.write_header()
+        for name, t in g.tensors.items():
+            raw = np.array(g.tensor_bytes(name))
+            w.write_tensor(name, TQ2_0.decode(raw, t.shape).astype(np.float16) if name in fallback else raw)
+    toks = tokens(9, seed=33)
+    want = load_model(src, "bitnet", n_threads=2).forward(toks, 0)
+    m = load_model(mixed, "bitnet", n_threads=2)
+    assert m.weights.layers[0].ffn_down.type == GGMLType.F16 and m.weights.layers[0].ffn_down.activation == "i8_token"
+    assert np.array_equal(m.forward(toks, 0), want)
 
 
 def test_bitnet_profile_quantizes_bitlinear_inputs_whatever_the_storage():
