@@ -62,6 +62,8 @@ def _weights(rng, M, K, kind):
         return raw
     blocks = rng.integers(0, 256, (M * K // 256, IQ2_S.BLOCK_BYTES), dtype=np.uint8)
     blocks[:, 0:2] = np.float16(rng.uniform(-1, 1)).reshape(1).view(np.uint8)  # a finite d, any sign
+    if kind == "zero":  # d = 0 in every block: all-zero rows
+        blocks[:, 0:2] = 0
     if kind == "max":  # every grid value 43, all scales 15, every sign negative: the largest integer sums
         blocks[:, 2:34] = 255
         blocks[:, 66:74] = 255
@@ -70,7 +72,7 @@ def _weights(rng, M, K, kind):
     return blocks.reshape(-1)
 
 
-@pytest.mark.parametrize("kind", ["gauss", "random", "max"])
+@pytest.mark.parametrize("kind", ["gauss", "random", "zero", "max"])
 @pytest.mark.parametrize("T, M, K", [(1, 3, 256), (3, 17, 512), (7, 8, 768), (8, 5, 512), (11, 17, 256)])
 def test_iq2s_kernels_match_twins(kind, T, M, K):
     rng = np.random.default_rng(T * 1000 + M + K)
