@@ -31,11 +31,13 @@ TTFT_TEXT = (
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """One engine configuration: its display name, its backend and llama.cpp's flash-attention setting."""
+    """One engine configuration: its display name, its backend, llama.cpp's flash-attention setting and
+    bitnet_ref's numerics profile."""
 
     name: str
     backend: str  # "bitnet_ref" | "llama.cpp"
     flash_attn: str | None = None  # llama.cpp: "auto" (its default, fastest) | "off" (the crossval configuration)
+    numerics: str | None = None  # bitnet_ref: a profile of bitnet_ref.numerics.PROFILES; None for llama.cpp
 
 
 ENGINES = {
@@ -43,6 +45,27 @@ ENGINES = {
     LLAMA: EngineSpec(LLAMA, LLAMA, "auto"),
     LLAMA_FA_OFF: EngineSpec(LLAMA_FA_OFF, LLAMA, "off"),
 }
+
+
+def is_ref(name: str) -> bool:
+    """Whether an engine name of the records is bitnet_ref: 'bitnet_ref', or 'bitnet_ref[<profile>]' in a run that
+    measured several numerics profiles."""
+    return name == REF or (name.startswith(REF + "[") and name.endswith("]"))
+
+
+def ref_engines(profiles: Sequence[str]) -> list[EngineSpec]:
+    """bitnet_ref once per numerics profile: named 'bitnet_ref' when there is one (old records keep their name),
+    'bitnet_ref[<profile>]' when there are several."""
+    if len(profiles) == 1:
+        return [EngineSpec(REF, REF, numerics=profiles[0])]
+    return [EngineSpec(f"{REF}[{p}]", REF, numerics=p) for p in profiles]
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The EngineSpec behind an engine name of the records ('bitnet_ref[<profile>]' carries its profile)."""
+    if name not in ENGINES and is_ref(name):
+        return EngineSpec(name, REF, numerics=name[len(REF) + 1 : -1])
+    return ENGINES[name]
 
 
 @dataclass(frozen=True)
@@ -91,11 +114,20 @@ class Settings:
     prompt_tokens: tuple[int, ...] = (128, 512)
     gen_tokens: int = 128
     engines: tuple[str, ...] = ENGINE_NAMES
-    numerics: str = "ggml"
+    numerics: tuple[str, ...] = ("ggml",)  # bitnet_ref runs once per profile, as engines of their own
     extra_bufts: bool = True  # llama.cpp's extra buffer types (CPU_REPACK, AMX): on, as people run it
     ref_threads: int | None = None  # override bitnet_ref's threads only (e.g. to plant a slowdown)
     seed: int = 0
     bandwidth_bytes: int = roofline.BUFFER_BYTES
+
+    def engine_specs(self) -> list[EngineSpec]:
+        """The engines in the order they alternate: each of `engines`, bitnet_ref expanded to one per profile."""
+        return [s for name in self.engines for s in (ref_engines(self.numerics) if name == REF else [ENGINES[name]])]
+
+    def steps(self, n_phases: int) -> int:
+        """Steps of one case at one thread count: each engine's load, then its warm-up and repetitions of every
+        phase."""
+        return len(self.engine_specs()) * (1 + (self.reps + 1) * n_phases)
 
     def phases(self, n_ctx: int) -> list[Phase]:
         """The phases, named by their token counts once capped to the model's context (tiny: pp512 -> pp256)."""

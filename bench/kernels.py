@@ -4,7 +4,8 @@
 
 Decode (T = 1) reads each weight matrix from DRAM: every call uses the next of enough copies of the weights to
 overflow the caches. GB/s = packed weight bytes / time per call (median over reps; ISAs interleaved A B A B, since
-this machine kind's bandwidth drifts). Prefill reports GOP/s (2·M·K·T / time). Not a test: numbers vary with load.
+this machine kind's bandwidth drifts), and as a % of the bus: the streaming read bandwidth measured once per thread
+count before the table (bench.roofline). Prefill reports GOP/s (2·M·K·T / time). Not a test: numbers vary with load.
 `--clock cpu` times with process CPU time divided by the thread count instead of wall time: on a shared, loaded
 machine it estimates what the kernel does when it has the cores (it cannot show poor thread scaling).
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import numba
 import numpy as np
 from rich.console import Console
 
+from bench import roofline
 from bitnet_ref import formats
 from bitnet_ref.formats import I2_S, TQ1_0, TQ2_0
 from bitnet_ref.kernels import actquant, ternary
@@ -85,6 +88,27 @@ def bench_shape(fmt, act, M, K, T, isas, reps, rng, cpu=False) -> dict[str, floa
     return {name: float(np.median(v)) for name, v in times.items()}
 
 
+def bus_bandwidth(threads: Sequence[int]) -> dict[int, float]:
+    """Median streaming read bandwidth in GB/s at each thread count, measured once each."""
+    return {nt: roofline.measure_bandwidth(nt, STREAM_BYTES).median for nt in threads}
+
+
+def bus_line(bus: dict[int, float]) -> str:
+    """The header line naming the bus bandwidth at each thread count."""
+    return "bus (streaming read, median): " + ", ".join(f"{nt}T {gbps:.1f} GB/s" for nt, gbps in bus.items())
+
+
+def decode_header(isas: Sequence[str]) -> str:
+    """Column titles of the decode table: each ISA's GB/s, then that as a % of the bus."""
+    return f"{'format':8} {'act':4} {'M x K':>11} {'thr':>3} " + " ".join(f"{n:>10} {'%bus':>5}" for n in isas)
+
+
+def decode_row(fmt: str, act: str, M: int, K: int, threads: int, gbs: Sequence[float], bus_gbps: float) -> str:
+    """One row of the decode table: each ISA's weight GB/s and its % of the bus bandwidth at this thread count."""
+    cells = " ".join(f"{g:10.1f} {100 * g / bus_gbps:4.0f}%" for g in gbs)
+    return f"{fmt:8} {act:4} {M:>5}x{K:<5} {threads:>3} " + cells
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print decode GB/s and prefill GOP/s tables."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     say = Console(highlight=False).out
     say(f"kernel_isa() = {ternary.kernel_isa()}; ISAs timed: {', '.join(isas)}; numba {numba.__version__}")
     say(f"clock: {args.clock}{' (process CPU time / threads)' if cpu else ''}")
-    say(f"decode (T = 1), weight GB/s, median of {args.reps}")
-    say(f"{'format':8} {'act':4} {'M x K':>11} {'thr':>3} " + " ".join(f"{n:>10}" for n in isas))
+    bus = bus_bandwidth(args.threads)
+    say(bus_line(bus))
+    say(f"decode (T = 1), weight GB/s, median of {args.reps}; %bus = GB/s / bus at that thread count")
+    say(decode_header(isas))
     for fmt, act in KERNELS:
         if fmt not in args.formats:
             continue
@@ -110,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 numba.set_num_threads(nt)
                 sec = bench_shape(fmt, act, M, K, 1, isas, args.reps, rng, cpu)
                 gbs = [ternary.weight_nbytes(fmt, M, K) / sec[n] / 1e9 for n in isas]
-                say(f"{fmt:8} {act:4} {M:>5}x{K:<5} {nt:>3} " + " ".join(f"{g:10.1f}" for g in gbs))
+                say(decode_row(fmt, act, M, K, nt, gbs, bus[nt]))
     if args.prefill:
         say("prefill, GOP/s (2·M·K·T per call), 2560 x 6912")
         for fmt, act in KERNELS:

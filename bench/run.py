@@ -5,24 +5,122 @@ crash or hang is an error for that engine, and its peak RSS is its own), loads o
 warm-up of every phase (the first call pays numba's compile or cache load), then `reps` repetitions in which the
 engines alternate phase by phase (A B C A B C …) so that the host's bandwidth swings hit every engine alike.
 Phases: prefill of 128 and 512 tokens (logits of the last position only), decode of 128 single-token steps, and
-time to first token (tokenize a text prompt + prefill). Records go to out/bench/<run-id>/ (reports.records).
+time to first token (tokenize a text prompt + prefill). `--numerics ggml,bitnet` runs bitnet_ref once per profile,
+as engines of their own ('bitnet_ref[ggml]', 'bitnet_ref[bitnet]') in the same alternation. Progress: a bar with
+the step count and the time left on a terminal, else one timestamped line per step. Records go to
+out/bench/<run-id>/ (reports.records).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.markup import escape
 
 from bench import cases as C
 from bench import roofline
 from bench import stats as S
-from bench.worker import EngineError, Worker
+from bench.worker import EngineError, Worker, kernel_host, llama_system_info
 from bitnet_ref.errors import BitnetRefError, ConfigError
+
+BANDWIDTH_STEPS = 2  # the streaming read bandwidth, measured at the start and at the end of a run
+ETA_WINDOW_S = 24 * 3600.0  # the time left is estimated from every step so far (steps differ a lot in length)
+
+# ---------------------------------------------------------------- progress
+
+
+@dataclass
+class Step:
+    """One step of a run while it runs; the code doing it sets `figure` (e.g. '12.3 tok/s') once it has one."""
+
+    label: str
+    figure: str = ""
+
+
+class Reporter:
+    """Progress of a run: on a terminal a bar (current step, done/total, elapsed, time left), else one timestamped
+    line per finished step, so that a CI log shows the run advance."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.total = 0  # set by plan() once the cases are known
+        self.done = 0
+        self.bar = None
+        self.task = None
+
+    def __enter__(self) -> Reporter:
+        if self.console.is_terminal:
+            from rich import progress as rp
+
+            self.bar = rp.Progress(rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
+                                   rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                                   console=self.console, transient=True, speed_estimate_period=ETA_WINDOW_S)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def plan(self, total: int) -> None:
+        """The number of steps the run will take."""
+        self.total = total
+        self._show()
+
+    def say(self, text: str) -> None:
+        """A message that stays: printed above the bar, or as a timestamped line."""
+        if self.bar is not None:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self._line(text)
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[Step]:
+        """A step while it runs (the bar shows its label); when it ends it is counted and, without a terminal,
+        printed with its figure ('failed' when it raised)."""
+        current = Step(label)
+        if self.bar is not None:
+            self.bar.update(self.task, description=escape(label))
+        try:
+            yield current
+        except Exception:
+            current.figure = "failed"
+            raise
+        finally:
+            self.done += 1
+            if self.bar is None:
+                self._line(f"[{self.done}/{self.total}] {label}" + (f": {current.figure}" if current.figure else ""))
+            self._show()
+
+    def reach(self, done: int) -> None:
+        """Count the steps that will not run (an engine that did not load, a case that failed) as done."""
+        self.done = max(self.done, done)
+        self._show()
+
+    def _show(self) -> None:
+        """Bring the bar up to date."""
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.total or None, completed=self.done)
+
+    def _line(self, text: str) -> None:
+        """One line with the time of day."""
+        self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def total_steps(phase_counts: Sequence[int], settings: C.Settings) -> int:
+    """Steps of a run whose cases have these numbers of phases: every case at every thread count (loads, warm-ups,
+    repetitions of every engine), and the two bandwidth measurements."""
+    return len(settings.threads) * sum(settings.steps(n) for n in phase_counts) + BANDWIDTH_STEPS
+
 
 # ---------------------------------------------------------------- measurement
 
@@ -44,17 +142,17 @@ def _first_last(err: Exception) -> str:
 
 
 def _start_workers(case: C.Case, threads: int, settings: C.Settings, n_ctx: int,
-                   say: Callable[[str], None]) -> tuple[list, list]:
+                   progress: Reporter) -> tuple[list, list]:
     """Start each engine's process in turn (loads do not overlap); engines that fail to load are noted, not fatal."""
     workers, notes = [], []
-    for name in settings.engines:
-        spec = C.ENGINES[name]
+    for spec in settings.engine_specs():
         n = settings.ref_threads if spec.backend == C.REF and settings.ref_threads else threads
-        say(f"{case.name} {threads}T: loading {name}")
         try:
-            workers.append(Worker.start(spec, case.file_for(spec), n, settings.numerics, n_ctx, settings.extra_bufts))
+            with progress.step(f"{case.name} {threads}T load {spec.name}") as step:
+                workers.append(Worker.start(spec, case.file_for(spec), n, n_ctx, settings.extra_bufts))
+                step.figure = f"{workers[-1].ready['load_s']:.2f} s"
         except EngineError as err:
-            notes.append(f"{case.name} {threads}T: {name} skipped: {_first_last(err)}")
+            notes.append(f"{case.name} {threads}T: {spec.name} skipped: {_first_last(err)}")
     return workers, notes
 
 
@@ -75,28 +173,31 @@ def _stop(base: dict, case: C.Case, w: Worker, result: CaseResult) -> None:
     result.engines[f"{case.name} {base['threads']}T {w.engine.name}"] = w.ready["describe"]
 
 
-def measure_case(case: C.Case, threads: int, settings: C.Settings, say: Callable[[str], None]) -> CaseResult:
+def measure_case(case: C.Case, threads: int, settings: C.Settings, progress: Reporter) -> CaseResult:
     """One warm-up, then `reps` repetitions alternating engines phase by phase; each engine in its own process."""
     cfg = C.config(case.path)
     phases = settings.phases(cfg.n_ctx)
     requests = C.requests(phases, cfg.n_vocab, cfg.bos_id, settings.seed)
     result = CaseResult()
     n_ctx = C.context_for(phases, cfg.n_ctx)
-    workers, result.notes = _start_workers(case, threads, settings, n_ctx, say)
+    first = progress.done
+    workers, result.notes = _start_workers(case, threads, settings, n_ctx, progress)
     base = {"case": case.name, "model": case.model, "fmt": case.fmt, "threads": threads}
     try:
         for rep in range(settings.reps + 1):  # rep 0 is the warm-up
             label = "warm-up" if rep == 0 else f"rep {rep}/{settings.reps}"
             for phase in phases:
                 for w in workers:
-                    say(f"{case.name} {threads}T: {label} {phase.name} {w.engine.name}")
-                    reply = w.run(requests[phase.name])
-                    result.samples.append(_sample(base, case, w, phase, rep, reply, len(result.samples)))
+                    with progress.step(f"{case.name} {threads}T {label} {phase.name} {w.engine.name}") as step:
+                        reply = w.run(requests[phase.name])
+                        result.samples.append(_sample(base, case, w, phase, rep, reply, len(result.samples)))
+                        step.figure = f"{_num(result.samples[-1]['value'])} {phase.unit}"
         for w in workers:
             _stop(base, case, w, result)
     finally:
         for w in workers:
             w.close()
+        progress.reach(first + settings.steps(len(phases)))
     return result
 
 
@@ -141,14 +242,13 @@ class Outcome:
     notes: list[str]
 
 
-def _collect(cases: Sequence[C.Case], settings: C.Settings,
-             say: Callable[[str], None]) -> tuple[CaseResult, list[str]]:
+def _collect(cases: Sequence[C.Case], settings: C.Settings, progress: Reporter) -> tuple[CaseResult, list[str]]:
     """Measure every case at every thread count; a case that fails is noted and skipped."""
     total = CaseResult()
     for case in cases:
         for threads in settings.threads:
             try:
-                res = measure_case(case, threads, settings, say)
+                res = measure_case(case, threads, settings, progress)
             except EngineError as err:
                 total.notes.append(f"{case.name} {threads}T failed: {_first_last(err)}")
                 continue
@@ -167,7 +267,30 @@ def _verdict(regressions: pd.DataFrame, notes: list[str], summary: pd.DataFrame)
     return "regression" if flagged else "pass"
 
 
-def run_bench(cases: Sequence[C.Case], settings: C.Settings, out_root: Path, say: Callable[[str], None],
+def _measure_bandwidth(settings: C.Settings, when: str, progress: Reporter) -> list[dict]:
+    """The bandwidth measurement as one step of the run."""
+    with progress.step(f"bandwidth at {when}") as step:
+        rows = _bandwidth(settings, when)
+        step.figure = ", ".join(f"{r['threads']}T {r['median_gbps']:.1f} GB/s" for r in rows)
+    return rows
+
+
+def _announce(settings: C.Settings, progress: Reporter) -> None:
+    """Say once what the engines run on: bitnet_ref's kernel ISA and profiles, llama.cpp's compile-time SIMD flags."""
+    backends = {spec.backend for spec in settings.engine_specs()}
+    if C.REF in backends:
+        host = kernel_host()
+        progress.say(f"bitnet_ref: kernel ISA {host['kernel_isa']} (host runs "
+                     f"{', '.join(host['kernel_isas_available'])}), numerics {', '.join(settings.numerics)}")
+    if C.LLAMA in backends:
+        try:
+            line = llama_system_info()
+        except EngineError as err:
+            line = f"not available: {_first_last(err)}"
+        progress.say(f"llama.cpp: {line}")
+
+
+def run_bench(cases: Sequence[C.Case], settings: C.Settings, out_root: Path, progress: Reporter,
               baseline: Path | None = None, tolerance: float = S.TOLERANCE,
               abs_tolerance: float = 2 * S.TOLERANCE) -> Outcome:
     """Measure, then write run.json and the tables (samples, summary, startup, bandwidth, roofline, regressions)."""
@@ -176,13 +299,14 @@ def run_bench(cases: Sequence[C.Case], settings: C.Settings, out_root: Path, say
     run = new_run("bench", out_root)
     run.write_meta({"provenance": provenance(), "settings": asdict(settings), "verdict": "running",
                     "cases": [C.case_info(c) for c in cases]})
-    say("measuring streaming read bandwidth")
-    bw_rows = _bandwidth(settings, "start")
-    res, notes = _collect(cases, settings, say)
+    _announce(settings, progress)
+    progress.plan(total_steps([len(settings.phases(C.config(c.path).n_ctx)) for c in cases], settings))
+    bw_rows = _measure_bandwidth(settings, "start", progress)
+    res, notes = _collect(cases, settings, progress)
     if settings.ref_threads:
         notes.append(f"bitnet_ref ran with {settings.ref_threads} threads (--ref-threads); llama.cpp with each "
                      "case's thread count")
-    bw_rows += _bandwidth(settings, "end")
+    bw_rows += _measure_bandwidth(settings, "end", progress)
     bandwidth = pd.DataFrame(bw_rows)
     samples = pd.DataFrame(res.samples)
     summary = S.summarize(samples) if not samples.empty else pd.DataFrame(columns=S.GROUP + ["median", "ratio"])
@@ -233,7 +357,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="128,512", help="prefill lengths (default 128,512)")
     p.add_argument("--gen", type=int, default=128, help="decode steps (default 128)")
     p.add_argument("--engines", default=",".join(C.ENGINE_NAMES), help=f"{C.ENGINE_NAMES} or 'all'")
-    p.add_argument("--numerics", default="ggml", help="bitnet_ref numerics profile (default ggml)")
+    p.add_argument("--numerics", default="ggml",
+                   help="bitnet_ref numerics profiles, e.g. ggml,bitnet: one engine each (default ggml)")
     p.add_argument("--ref-threads", type=int, default=None, help="give bitnet_ref this many threads instead")
     p.add_argument("--extra-bufts", action=argparse.BooleanOptionalAction, default=True,
                    help="llama.cpp's extra buffer types (CPU_REPACK, AMX) for the weights, as llama.cpp runs by "
@@ -249,11 +374,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _profiles(text: str) -> tuple[str, ...]:
+    """'ggml,bitnet' checked against bitnet_ref's numerics profiles ('all' = every one); at least one."""
+    from bitnet_ref.numerics import PROFILES
+
+    names = _names(text, tuple(PROFILES), "numerics profiles")
+    if not names:
+        raise argparse.ArgumentTypeError(f"--numerics names no profile; choose from {list(PROFILES)} or 'all'")
+    return tuple(dict.fromkeys(names))
+
+
 def settings_from(args: argparse.Namespace) -> C.Settings:
     """Settings from parsed options."""
     return C.Settings(threads=_ints(args.threads), reps=args.reps, prompt_tokens=_ints(args.prompt),
                       gen_tokens=args.gen, engines=_names(args.engines, C.ENGINE_NAMES, "engines"),
-                      numerics=args.numerics, extra_bufts=args.extra_bufts, ref_threads=args.ref_threads,
+                      numerics=_profiles(args.numerics), extra_bufts=args.extra_bufts, ref_threads=args.ref_threads,
                       bandwidth_bytes=args.bandwidth_mb << 20)
 
 
@@ -299,10 +434,6 @@ def summary_table(summary: pd.DataFrame) -> object:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 = done, 1 = a regression against --baseline (or a path that is not there), 2 = an engine
     or case failed."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     ap = parser()
     args = ap.parse_args(argv)
     console = Console()
@@ -317,24 +448,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (argparse.ArgumentTypeError, ValueError) as err:
         ap.error(str(err))
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as progress:
-        task = progress.add_task("building models", total=None)
-
-        def say(text: str) -> None:
-            progress.update(task, description=text)
-
+    with Reporter(console) as progress:
+        progress.say("building models")
         try:
             cases = C.build_cases(models, fmts, os.environ.get("BITNET_GGUF"))
         except BitnetRefError as err:
-            progress.stop()
             console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
             return 1
-        outcome = run_bench(cases, settings, out_root, say, baseline, args.tolerance, args.abs_tolerance)
+        outcome = run_bench(cases, settings, out_root, progress, baseline, args.tolerance, args.abs_tolerance)
     if not outcome.summary.empty:
         console.print(summary_table(outcome.summary))
     for note in outcome.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     noisy = outcome.summary[outcome.summary["spread"] > S.NOISY] if "spread" in outcome.summary else []
     if len(noisy):
         console.print(f"[yellow]{len(noisy)} of {len(outcome.summary)} figures have an interquartile spread over "

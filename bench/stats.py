@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bench import roofline
-from bench.cases import ENGINES, LLAMA, REF, Case, Phase
+from bench.cases import LLAMA, Case, Phase, engine_spec, is_ref
 
 TOLERANCE = 0.20  # a median more than 20 % worse than the baseline's is a regression
 NOISY = 0.5  # interquartile range / median above this: the host was busy during the repetitions
@@ -60,7 +60,7 @@ def roofline_tables(cases: Sequence[Case], summary: pd.DataFrame, bandwidth: pd.
     rows = []
     for rec in summary[summary["metric"].str.startswith("tg")].to_dict("records"):
         case = by_case[rec["case"]]
-        with read_gguf(case.file_for(ENGINES[rec["engine"]])) as gguf:
+        with read_gguf(case.file_for(engine_spec(rec["engine"]))) as gguf:
             tb = roofline.token_bytes(roofline.tensors_of(gguf))
         per_token = tb.at((_gen_tokens(rec["metric"]) - 1) / 2)  # mean KV length over the decode
         gbps = float(bw.get(rec["engine_threads"], np.nan))
@@ -89,12 +89,13 @@ def with_roofline(summary: pd.DataFrame, roof: pd.DataFrame) -> pd.DataFrame:
 
 def compare_to_baseline(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = TOLERANCE,
                         abs_tolerance: float = 2 * TOLERANCE) -> pd.DataFrame:
-    """bitnet_ref medians worse than the baseline's: its speed ratio to llama.cpp by more than `tolerance`, or its own
+    """Medians of every bitnet_ref engine ('bitnet_ref', or one per profile: 'bitnet_ref[ggml]', …; matched to the
+    baseline's by name) worse than the baseline's: its speed ratio to llama.cpp by more than `tolerance`, or its own
     speed by more than `abs_tolerance`. A drop beyond the tolerance but within the repetitions' own spread (either
     run) is "inconclusive", not a regression: on a busy host two unchanged runs differ that much. One row each."""
     keys = ["case", "threads", "engine", "metric"]
-    cur = current[current["engine"] == REF].set_index(keys)
-    base = baseline[baseline["engine"] == REF].set_index(keys)
+    cur = current[current["engine"].map(is_ref)].set_index(keys)
+    base = baseline[baseline["engine"].map(is_ref)].set_index(keys)
     rows = []
     for key in cur.index.intersection(base.index):
         c, b = cur.loc[key], base.loc[key]

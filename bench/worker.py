@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.cases import LLAMA, REF, EngineSpec
@@ -14,19 +15,22 @@ from crossval.isolated import ChildError, Isolated
 
 READY_TIMEOUT_S = 900.0  # loading a 2B model and compiling every kernel cold on 2 cores
 STEP_TIMEOUT_S = 900.0
+PROBE_TIMEOUT_S = 120.0  # importing llama_cpp to read its system-info line
 BACKEND_MODULES = {  # imported (and timed) before the model loads
     REF: ("crossval.backends", "bitnet_ref.model"),
     LLAMA: ("crossval.llama_cpp_backend",),
 }
+# the host's CPU features bitnet_ref's code reads: its intrinsics (f16c, avx2, avx512vnni + avx512vl) and the SIMD
+# level numerics.host_simd picks for the profiles (avx512f, avx512dq, avx512bf16)
+CPU_FEATURES = ("f16c", "avx2", "avx512f", "avx512dq", "avx512vl", "avx512vnni", "avx512bf16")
 
 
-def _open_backend(engine: EngineSpec, path: str, n_threads: int, numerics: str, n_ctx: int,
-                  extra_bufts: bool) -> object:
+def _open_backend(engine: EngineSpec, path: str, n_threads: int, n_ctx: int, extra_bufts: bool) -> object:
     """Load one engine through the crossval backends, both with a KV cache of n_ctx positions."""
     if engine.backend == REF:
         from crossval.backends import BitnetRefBackend
 
-        return BitnetRefBackend(path, numerics=numerics, n_threads=n_threads, n_ctx=n_ctx)
+        return BitnetRefBackend(path, numerics=engine.numerics, n_threads=n_threads, n_ctx=n_ctx)
     from crossval.llama_cpp_backend import LlamaCppBackend
 
     backend = LlamaCppBackend(path, n_threads=n_threads, n_ctx=n_ctx, flash_attn=False, extra_bufts=extra_bufts,
@@ -69,10 +73,25 @@ def _llama_perf(backend: object, reset: bool) -> float:
     return (data.t_p_eval_ms + data.t_eval_ms) / 1e3
 
 
+def kernel_host() -> dict:
+    """What decides bitnet_ref's kernels on this host: the ISA they run, the ISAs the host could run, the
+    $BITNET_KERNEL_ISA override, and the CPU features its code generation reads (numba's target)."""
+    from bitnet_ref.kernels import ternary
+    from bitnet_ref.kernels.isa import ISA_ENV, available_isas, host_features
+
+    have = host_features()
+    return {"kernel_isa": ternary.kernel_isa(), "kernel_isas_available": list(available_isas()),
+            "kernel_isa_env": os.environ.get(ISA_ENV), "cpu_features": {f: f in have for f in CPU_FEATURES}}
+
+
 def _describe(backend: object, engine: EngineSpec) -> dict:
-    """The backend's description, corrected for the timing context bench put in place (llama.cpp)."""
-    desc = backend.describe()
-    if engine.backend == LLAMA:
+    """The backend's description with bench's engine configuration; for bitnet_ref its numerics profile and kernel
+    ISA with the host's CPU features, for llama.cpp corrected for the timing context bench put in place and its
+    build parsed from the system-info line."""
+    desc = {**backend.describe(), "engine": asdict(engine)}
+    if engine.backend == REF:
+        desc.update({"numerics_profile": engine.numerics, **kernel_host()})
+    else:
         from crossval import llama_cpp_backend as LB
         from crossval.build import ReferenceBuild
 
@@ -148,15 +167,14 @@ class TimedEngine:
     """One engine loaded for timing, inside its own process (crossval.isolated runs it): the parent calls `ready`,
     then `run` per phase, then `final`."""
 
-    def __init__(self, engine: EngineSpec, path: str, n_threads: int, numerics: str, n_ctx: int,
-                 extra_bufts: bool):
+    def __init__(self, engine: EngineSpec, path: str, n_threads: int, n_ctx: int, extra_bufts: bool):
         self.timer = _compile_timer() if engine.backend == REF else None
         self.is_llama = engine.backend == LLAMA
         t0 = time.perf_counter()
         for module in BACKEND_MODULES[engine.backend]:
             importlib.import_module(module)
         t1 = time.perf_counter()
-        self.backend = _open_backend(engine, path, n_threads, numerics, n_ctx, extra_bufts)
+        self.backend = _open_backend(engine, path, n_threads, n_ctx, extra_bufts)
         self.info = {"import_s": t1 - t0, "load_s": time.perf_counter() - t1, "rss_after_load_mb": _proc_mb("VmRSS"),
                      "describe": _describe(self.backend, engine)}
 
@@ -188,11 +206,9 @@ class Worker:
     ready: dict = field(default_factory=dict)
 
     @classmethod
-    def start(cls, engine: EngineSpec, path: Path, threads: int, numerics: str, n_ctx: int,
-              extra_bufts: bool) -> Worker:
+    def start(cls, engine: EngineSpec, path: Path, threads: int, n_ctx: int, extra_bufts: bool) -> Worker:
         """Spawn the engine's process and wait until its model is loaded."""
-        kwargs = {"engine": engine, "path": str(path), "n_threads": threads, "numerics": numerics, "n_ctx": n_ctx,
-                  "extra_bufts": extra_bufts}
+        kwargs = {"engine": engine, "path": str(path), "n_threads": threads, "n_ctx": n_ctx, "extra_bufts": extra_bufts}
         try:
             child = Isolated("bench.worker:TimedEngine", kwargs, name=engine.name, timeout=READY_TIMEOUT_S)
             worker = cls(engine, threads, child)
@@ -222,3 +238,25 @@ class Worker:
     def close(self) -> None:
         """End the engine's process."""
         self.child.close()
+
+
+class SystemInfo:
+    """llama.cpp's system-info line, read in a process of its own like every llama.cpp call of bench."""
+
+    def line(self) -> str:
+        """`llama_print_system_info()`: the CPU features llama.cpp was compiled for."""
+        from crossval.llama_cpp_backend import L
+
+        return L.llama_print_system_info().decode().strip()
+
+
+def llama_system_info() -> str:
+    """llama.cpp's system-info line, from a short-lived child process; EngineError when llama.cpp cannot load."""
+    try:
+        child = Isolated("bench.worker:SystemInfo", {}, name="llama.cpp system info", timeout=PROBE_TIMEOUT_S)
+        try:
+            return child.call("line")
+        finally:
+            child.close()
+    except ChildError as err:
+        raise EngineError(f"{err}\n{err.tail}") from err

@@ -176,14 +176,17 @@ def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics, layout
 
 
 class KVCache:
-    """Per-layer K (n_ctx, n_embd_kv) and transposed V (n_embd_kv, n_ctx), f16 bits or f32; cells 0..n_past-1 valid."""
+    """Per-layer K and V, f16 bits or f32, in attention.kv_layout's shapes: ggml's K (n_ctx, n_embd_kv) and transposed
+    V (n_embd_kv, n_ctx), or the blocked order's transposed K and V by position; cells 0..n_past-1 valid."""
 
-    def __init__(self, n_layer: int, n_ctx: int, n_embd_kv: int, dtype: str) -> None:
+    def __init__(self, n_layer: int, n_ctx: int, n_embd_kv: int, dtype: str, blocked: bool = False) -> None:
         store = np.uint16 if dtype == "f16" else np.float32
+        k_shape, v_shape = attention.kv_layout(n_ctx, n_embd_kv, blocked)
         self.n_ctx = n_ctx
         self.dtype = dtype
-        self.k = [np.zeros((n_ctx, n_embd_kv), store) for _ in range(n_layer)]  # (n_ctx, n_embd_kv) per layer
-        self.v = [np.zeros((n_embd_kv, n_ctx), store) for _ in range(n_layer)]  # (n_embd_kv, n_ctx) per layer
+        self.blocked = blocked
+        self.k = [np.zeros(k_shape, store) for _ in range(n_layer)]
+        self.v = [np.zeros(v_shape, store) for _ in range(n_layer)]
         self.n_past = 0
 
     def reset(self) -> None:
@@ -249,7 +252,7 @@ class Model:
         return attention.AttentionSettings(
             c.n_head, c.n_head_kv, c.head_dim, self.attn_scale, tiled and c.head_dim % nm.lanes == 0,
             tiled and c.head_dim % 4 == 0, nm.lanes, nm.round_q_f16, nm.round_softmax_f16, nm.expf == "ggml_v_expf",
-            nm.softmax_sum == "double_chunks")
+            nm.softmax_sum == "double_chunks", nm.attention == "blocked")
 
     # -- public API ----------------------------------------------------------------------------------------------------
 
@@ -331,7 +334,7 @@ class Model:
         _fire(trace, "Qcur", il, q)
         _fire(trace, "Kcur", il, k)
         _fire(trace, "Vcur", il, v)
-        attention.store_kv(k, v, pos0, self.kv.k[il], self.kv.v[il])
+        attention.store_kv(k, v, pos0, self.kv.k[il], self.kv.v[il], self.kv.blocked)
         self._attend(q, il, pos0, att)  # att: (T, n_embd)
         _fire(trace, "kqv_out", il, att)
         # BitNet: RMSNorm of the attention output before o_proj (attn_sub_norm)
@@ -475,7 +478,7 @@ def load_model(
             f"n_threads {n_threads} exceeds numba's thread pool ({numba.config.NUMBA_NUM_THREADS}; "
             "set NUMBA_NUM_THREADS before the first import of numba to raise it)"
         )
-    kv = KVCache(config.n_layer, ctx, config.n_embd_kv, nm.kv_dtype)
+    kv = KVCache(config.n_layer, ctx, config.n_embd_kv, nm.kv_dtype, nm.attention == "blocked")
     return Model(config, nm, n_threads, weights, kv, RunState(config, n_ubatch), Path(path), gguf, layout)
 
 

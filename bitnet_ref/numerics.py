@@ -27,6 +27,7 @@ EXPFS = ("ggml_v_expf", "libm")
 SOFTMAX_SUMS = ("double_chunks", "f32")
 FLOAT_DOTS = ("ggml", "fixed")
 SIMDS = ("avx2", "avx512", "avx512bf16")
+ATTENTIONS = ("ggml", "blocked")
 
 
 def host_simd() -> str:
@@ -59,6 +60,9 @@ class Numerics:
     # the activation kind every BitLinear (the seven projections of a layer) takes whatever its weights' storage
     # ("i8_token": BitNet's per-token int8, also for F32/F16/BF16/Q8_0 weights); None: each weight type's own kind
     bitlinear_input: str | None = None
+    # attention's summation order: "ggml" (vec_dot / tinyBLAS per query and head, kernels/attention.py) | "blocked"
+    # (plain sequential sums, computed for blocks of queries at once; needs the f32 cache, libm expf, f32 sums)
+    attention: str = "ggml"
 
     def __post_init__(self) -> None:
         checks = (
@@ -69,10 +73,17 @@ class Numerics:
             ("softmax_sum", self.softmax_sum, SOFTMAX_SUMS),
             ("float_dot", self.float_dot, FLOAT_DOTS),
             ("simd", self.simd, SIMDS),
+            ("attention", self.attention, ATTENTIONS),
         )
         for field, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"Numerics {self.name!r}: {field} = {value!r}; expected one of {allowed}")
+        plain = (self.kv_dtype, self.round_q_f16, self.round_softmax_f16, self.expf, self.softmax_sum)
+        if self.attention == "blocked" and plain != ("f32", False, False, "libm", "f32"):
+            raise ConfigError(
+                f"Numerics {self.name!r}: attention = 'blocked' needs kv_dtype f32, no f16 rounding of Q or P, libm "
+                f"expf and f32 softmax sums; got {plain}"
+            )
         if self.bitlinear_input not in (None, *ACTIVATION_KINDS):
             raise ConfigError(f"Numerics {self.name!r}: bitlinear_input = {self.bitlinear_input!r}")
         for type_name, kind in self.activation:
@@ -107,7 +118,8 @@ class Numerics:
         return (
             f"{self.name}: act[{acts}] kv={self.kv_dtype} q_f16={self.round_q_f16} p_f16={self.round_softmax_f16} "
             f"rmsnorm_sum={self.rmsnorm_sum} rope={self.rope_theta} expf={self.expf} softmax_sum={self.softmax_sum} "
-            f"float_dot={self.float_dot}/{self.simd} bitlinear_input={self.bitlinear_input or 'per type'}"
+            f"float_dot={self.float_dot}/{self.simd} bitlinear_input={self.bitlinear_input or 'per type'} "
+            f"attention={self.attention}"
         )
 
 
@@ -142,6 +154,7 @@ def _bitnet(simd: str) -> Numerics:
         softmax_sum="f32",
         float_dot="fixed",
         simd=simd,
+        attention="blocked",
     )
 
 

@@ -19,7 +19,7 @@ def metric_title(metric: str) -> str:
     return f"{METRIC_PREFIXES[metric[:2]]} {metric[2:]}" if metric[:2] in METRIC_PREFIXES else metric
 
 
-REF_ENGINE = "bitnet_ref"
+REF_ENGINE = "bitnet_ref"  # a run of several numerics profiles names them 'bitnet_ref[ggml]', 'bitnet_ref[bitnet]'
 NOISY = 0.5  # interquartile range / median of a summary row above this: flagged as noisy
 TARGETS = {"tg": 0.5, "pp": 0.25}  # issue 5: bitnet_ref / llama.cpp speed on the same file and threads, by phase prefix
 
@@ -29,11 +29,16 @@ def _range_text(row: dict) -> str:
     return f"{fmt(row['median'])} [{fmt(row['min'])}–{fmt(row['max'])}]"
 
 
+def _is_ref(engines: pd.Series) -> pd.Series:
+    """Which engines are bitnet_ref, under any numerics profile."""
+    return (engines == REF_ENGINE) | engines.str.startswith(REF_ENGINE + "[")
+
+
 def _bench_headline(summary: pd.DataFrame) -> list[str]:
-    """Banner bullets: bitnet_ref's speed ratio per case and phase against the issue's targets."""
+    """Banner bullets: each bitnet_ref engine's speed ratio per case and phase against the issue's targets."""
     items = []
-    ref = summary[(summary["engine"] == REF_ENGINE) & summary["metric"].str[:2].isin(list(TARGETS))]
-    for (case, threads), sub in ref.groupby(["case", "threads"], sort=False):
+    ref = summary[_is_ref(summary["engine"]) & summary["metric"].str[:2].isin(list(TARGETS))]
+    for (case, threads, engine), sub in ref.groupby(["case", "threads", "engine"], sort=False):
         parts = []
         for rec in sub.to_dict("records"):
             target = TARGETS[rec["metric"][:2]]
@@ -41,7 +46,8 @@ def _bench_headline(summary: pd.DataFrame) -> list[str]:
             mark = "–" if ok is None else ("✓" if ok else "✗")
             ratio = f"{rec['ratio']:.2f}" if pd.notna(rec["ratio"]) else "–"
             parts.append(f"{esc(rec['metric'])} {ratio}× {mark} (target ≥ {target}×)")
-        items.append(f"<b>{esc(case)}</b>, {esc(threads)} threads: " + "; ".join(parts))
+        name = "" if engine == REF_ENGINE else f", {esc(engine)}"
+        items.append(f"<b>{esc(case)}</b>, {esc(threads)} threads{name}: " + "; ".join(parts))
     return items
 
 
@@ -116,7 +122,8 @@ def _bench_ratio(tables: dict[str, pd.DataFrame]) -> str:
     body = ""
     if "summary" in tables:
         s = tables["summary"]
-        ratio = s[s["engine"] == REF_ENGINE].pivot_table(index=["case", "threads"], columns="metric", values="ratio")
+        ratio = s[_is_ref(s["engine"])].pivot_table(index=["case", "threads", "engine"], columns="metric",
+                                                     values="ratio")
         body += "<h3>bitnet_ref / llama.cpp</h3>" + table(ratio.reset_index())
         tg = s[s["metric"].str.startswith("tg") & s["roofline_pct"].notna()]
         if not tg.empty:

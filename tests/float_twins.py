@@ -326,6 +326,29 @@ def twin_softmax(w, lanes, ggml_exp, double_sum):
     return (e * F32(1.0 / total)).astype(F32)
 
 
+def twin_attention_blocked(q, k, v, start_pos, n_head, n_head_kv, hd, scale):
+    """Causal GQA attention in the blocked sequential order: s_j = Σ_d q_d·K_j,d in d order, × scale, libm expf of
+    (w − max), Σ e in j order, P = e / Σ, out_d = Σ_j P_j·V_j,d in j order, all f32 (one rounding per operation)."""
+    T = q.shape[0]
+    out = np.zeros((T, n_head * hd), F32)
+    for t in range(T):
+        n = start_pos + t + 1
+        for h in range(n_head):
+            g = h // (n_head // n_head_kv)
+            kk, vv = k[:n, g * hd : (g + 1) * hd], v[:n, g * hd : (g + 1) * hd]
+            s = np.zeros(n, F32)
+            for d in range(hd):
+                s = (s + (kk[:, d] * q[t, h * hd + d]).astype(F32)).astype(F32)
+            w = (s * F32(scale)).astype(F32)
+            e = libm("expf", (w - w.max()).astype(F32))
+            p = (e / _seq_sum32(e)).astype(F32)
+            o = np.zeros(hd, F32)
+            for j in range(n):
+                o = (o + (p[j] * vv[j]).astype(F32)).astype(F32)
+            out[t, h * hd : (h + 1) * hd] = o
+    return out
+
+
 def twin_attention(
     q, k, v, start_pos, n_head, n_head_kv, hd, scale, tiled_kq, tiled_kqv, lanes, round_q, round_p, ggml_exp, double_sum
 ):

@@ -23,6 +23,7 @@ from float_twins import (  # the numpy twins and helpers these tests compare wit
     assert_same_bits,
     bits_values,
     twin_attention,
+    twin_attention_blocked,
     twin_rmsnorm,
     twin_rope_direct,
     twin_rope_iterative,
@@ -145,19 +146,25 @@ def test_rope_direct_matches_twin():
 
 
 @pytest.mark.parametrize("profile", ["ggml", "bitnet"])
-@pytest.mark.parametrize("T,start_pos,n_head", [(1, 0, 4), (1, 40, 4), (5, 0, 4), (4, 37, 4), (12, 300, 24)])
+@pytest.mark.parametrize(
+    "T,start_pos,n_head", [(1, 0, 4), (1, 40, 4), (5, 0, 4), (4, 37, 4), (12, 300, 24), (40, 270, 8)]
+)
 def test_attention_matches_twin(profile, T, start_pos, n_head):
+    """ggml's orders (ggml profile) and the blocked sequential order (bitnet profile: several query blocks, serial and
+    parallel) against their twins, bit for bit."""
     nm = PROFILES[profile]
     rng = np.random.default_rng(T * 100 + start_pos)
     n_head_kv, hd, n_ctx = 2, 32, 320
-    assert (T * (start_pos + T) * n_head * hd >= attention.PARALLEL_WORK) == (T == 12)  # both paths covered
+    assert (T * (start_pos + T) * n_head * hd >= attention.PARALLEL_WORK) == (T >= 12)  # both paths covered
     n = start_pos + T
     k_new = (rng.standard_normal((n, n_head_kv * hd)) * 2).astype(F32)
     v_new = rng.standard_normal((n, n_head_kv * hd)).astype(F32)
     q = (rng.standard_normal((T, n_head * hd)) * 2).astype(F32)
     dtype = np.uint16 if nm.kv_dtype == "f16" else F32
-    k_cache, v_cache = np.zeros((n_ctx, n_head_kv * hd), dtype), np.zeros((n_head_kv * hd, n_ctx), dtype)
-    attention.store_kv(k_new, v_new, 0, k_cache, v_cache)
+    blocked = nm.attention == "blocked"
+    k_shape, v_shape = attention.kv_layout(n_ctx, n_head_kv * hd, blocked)
+    k_cache, v_cache = np.zeros(k_shape, dtype), np.zeros(v_shape, dtype)
+    attention.store_kv(k_new, v_new, 0, k_cache, v_cache, blocked)
     batched = nm.float_dot == "ggml" and T >= 2
     args = (
         start_pos,
@@ -174,21 +181,25 @@ def test_attention_matches_twin(profile, T, start_pos, n_head):
         nm.softmax_sum == "double_chunks",
     )
     out = np.full((T, n_head * hd), np.nan, F32)
-    attention.attend(q, k_cache, v_cache, start_pos, attention.AttentionSettings(*args[1:]), out)
+    attention.attend(q, k_cache, v_cache, start_pos, attention.AttentionSettings(*args[1:], blocked), out)
     kf = k_new.astype(np.float16).astype(F32) if dtype == np.uint16 else k_new
     vf = v_new.astype(np.float16).astype(F32) if dtype == np.uint16 else v_new
-    assert_same_bits(out, twin_attention(q, kf, vf, *args), f"attention {profile} T={T} start={start_pos}")
+    want = twin_attention_blocked(q, kf, vf, *args[:5]) if blocked else twin_attention(q, kf, vf, *args)
+    assert_same_bits(out, want, f"attention {profile} T={T} start={start_pos}")
 
 
 def test_attention_single_cell_is_v():
     k = np.ones((1, 8), F32)
     v = np.arange(8, dtype=F32)[None]
-    kc, vc = np.zeros((4, 8), F32), np.zeros((8, 4), F32)
-    attention.store_kv(k, v, 0, kc, vc)
     out = np.empty((1, 8), F32)
-    settings = attention.AttentionSettings(1, 1, 8, F32(0.5), False, False, 8, False, False, True, True)
-    attention.attend(np.ones((1, 8), F32), kc, vc, 0, settings, out)
-    assert_same_bits(out, v, "softmax over one cell is 1")
+    for blocked in (False, True):
+        k_shape, v_shape = attention.kv_layout(4, 8, blocked)
+        kc, vc = np.zeros(k_shape, F32), np.zeros(v_shape, F32)
+        attention.store_kv(k, v, 0, kc, vc, blocked)
+        settings = attention.AttentionSettings(1, 1, 8, F32(0.5), False, False, 8, False, False, not blocked,
+                                               not blocked, blocked)
+        attention.attend(np.ones((1, 8), F32), kc, vc, 0, settings, out)
+        assert_same_bits(out, v, f"softmax over one cell is 1 (blocked {blocked})")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

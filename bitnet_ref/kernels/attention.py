@@ -1,14 +1,23 @@
 """Causal grouped-query attention over the KV cache, flash attention off (docs/NUMERICS.md §4.9).
 
-Cache layout per layer: K (n_ctx, n_head_kv·head_dim) and V transposed (n_head_kv·head_dim, n_ctx), either f16 bits
-(uint16) or f32. For query t at position p = start_pos + t and head h (KV head h // n_gqa):
+Cache layout per layer (kv_layout): K (n_ctx, n_head_kv·head_dim) and V transposed (n_head_kv·head_dim, n_ctx), either
+f16 bits (uint16) or f32; for the blocked order K transposed and V by position, f32. For query t at position
+p = start_pos + t and head h (KV head h // n_gqa):
     s_j = dot(K_j, q)                         j ≤ p; q rounded to f16 first if round_q
     w_j = s_j · scale ; softmax over j ≤ p    (masked cells are exact zeros)
     out = Σ_j P_j · V_j                        P rounded to f16 first if round_p
-The dots use ggml's vec_dot order for one query (T = 1) and the tinyBLAS order for T ≥ 2 (`tiled_kq`: needs
-head_dim % lanes == 0; `tiled_kqv`: needs head_dim % 4 == 0). ggml pads n_kv to a multiple of 256; the padded cells
-only add exact zeros, and every chunk boundary of the padded length is a multiple of the chunk widths, so iterating
-over j ≤ p in the same lane positions (zero-padded to a whole chunk) is the same arithmetic.
+Two orders, chosen by the settings' `blocked` (Numerics.attention):
+- ggml's ("ggml"): the dots in ggml's vec_dot order for one query (T = 1) and the tinyBLAS order for T ≥ 2
+  (`tiled_kq`: needs head_dim % lanes == 0; `tiled_kqv`: needs head_dim % 4 == 0), one (query, head) at a time. ggml
+  pads n_kv to a multiple of 256; the padded cells only add exact zeros, and every chunk boundary of the padded length
+  is a multiple of the chunk widths, so iterating over j ≤ p in the same lane positions (zero-padded to a whole chunk)
+  is the same arithmetic.
+- blocked ("blocked", f32 cache, no f16 rounding, libm expf, f32 sums): every sum in plain sequential order,
+  s_j = f32 Σ_d q_d·K_j,d (d ascending, one rounding per multiply and per add), w_j = s_j·scale, softmax with
+  e_j = expf(w_j − max), Σ e_j in j order, P_j = e_j / Σ, out_d = Σ_j P_j·V_j,d (j ascending). The sums stay in that
+  order and still vectorize: the scores over the keys j (K stored transposed), the outputs over d (V stored by
+  position). Work items are a KV head × a block of QUERY_BLOCK queries (× the n_gqa heads that share the head), whose
+  K and V stay in cache while every row of the block reads them. Independent of the block size and thread count.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from bitnet_ref.kernels.intrinsics import expf
 from bitnet_ref.kernels.scalar import load, round_f16, store
 
 PARALLEL_WORK = 1 << 20  # query·cell·dim products from which attention uses the thread pool
+QUERY_BLOCK = 16  # blocked order: queries per work item (× n_gqa heads = the vector of rows)
 
 
 class AttentionSettings(NamedTuple):
@@ -40,17 +50,31 @@ class AttentionSettings(NamedTuple):
     round_p: bool  # softmax probabilities rounded to f16 before P·V
     ggml_exp: bool  # ggml's SIMD expf in the softmax (else libm expf)
     double_sum: bool  # softmax chunk sums added in double (ggml) (else one f32 sum)
+    blocked: bool  # the blocked sequential order (f32 cache only; the fields above ggml's then unused)
 
 
 @njit(cache=True)
-def store_kv(k, v, start_pos, k_cache, v_cache):
-    """Write K rows (T, n_kv·hd) at positions start_pos.. and V transposed; f16 caches round (SET_ROWS)."""
+def store_kv(k, v, start_pos, k_cache, v_cache, blocked):
+    """Write K rows (T, n_kv·hd) at positions start_pos.. and V transposed (ggml's layout; f16 caches round, as
+    SET_ROWS), or for the blocked order K transposed and V rows (kv_layout)."""
     T, width = k.shape
     for t in range(T):
         p = start_pos + t
         for i in range(width):
-            store(k_cache[p], i, k[t, i])
-            store(v_cache[i], p, v[t, i])
+            if blocked:
+                store(k_cache[i], p, k[t, i])
+                store(v_cache[p], i, v[t, i])
+            else:
+                store(k_cache[p], i, k[t, i])
+                store(v_cache[i], p, v[t, i])
+
+
+def kv_layout(n_ctx: int, width: int, blocked: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of one layer's K and V cache: ggml's K (n_ctx, width) and V transposed (width, n_ctx), or for the
+    blocked order K transposed (width, n_ctx) and V (n_ctx, width), so that both of its sums read contiguous memory."""
+    if blocked:
+        return (width, n_ctx), (n_ctx, width)
+    return (n_ctx, width), (width, n_ctx)
 
 
 @njit(cache=True, inline="always")
@@ -123,6 +147,57 @@ def _attend_parallel(q, k_cache, v_cache, start_pos, n_pad, s, out):
 
 
 @njit(cache=True)
+def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
+    """Blocked order: out rows of queries t0..t1-1 for the n_gqa heads of KV head g (row r = (t − t0)·n_gqa + head);
+    kt_cache (n_kv·hd, n_ctx) holds K transposed, v_cache (n_ctx, n_kv·hd) V by position."""
+    hd = s.head_dim
+    n_gqa = s.n_head // s.n_head_kv
+    R = (t1 - t0) * n_gqa
+    n = start_pos + t1  # keys 0..n-1 cover every query of the block
+    p = np.zeros((R, n), np.float32)  # scores, then probabilities; cells past a row's position stay 0
+    for r in range(R):
+        qrow = q[t0 + r // n_gqa, (g * n_gqa + r % n_gqa) * hd : (g * n_gqa + r % n_gqa + 1) * hd]
+        n_r = start_pos + t0 + r // n_gqa + 1
+        pr = p[r, :n_r]
+        for d in range(hd):  # s_j += q_d·K_j,d, d ascending, vectorized over the keys j
+            qd = qrow[d]
+            kd = kt_cache[g * hd + d, :n_r]
+            for j in range(n_r):
+                pr[j] += qd * kd[j]
+        mx = np.float32(-np.inf)
+        for j in range(n_r):
+            pr[j] = pr[j] * s.scale
+            mx = max(mx, pr[j])
+        total = np.float32(0)
+        for j in range(n_r):
+            e = expf(pr[j] - mx)
+            pr[j] = e
+            total += e
+        for j in range(n_r):
+            pr[j] = pr[j] / total
+    o = np.zeros((R, hd), np.float32)
+    for j in range(n):  # out_d += P_j·V_j,d, j ascending, vectorized over d
+        vj = v_cache[j, g * hd : (g + 1) * hd]
+        for r in range(R):
+            pj = p[r, j]
+            orow = o[r]
+            for d in range(hd):
+                orow[d] += pj * vj[d]
+    for r in range(R):
+        out[t0 + r // n_gqa, (g * n_gqa + r % n_gqa) * hd : (g * n_gqa + r % n_gqa + 1) * hd] = o[r]
+
+
+@njit(cache=True, parallel=True)
+def _attend_blocked(q, kt_cache, v_cache, start_pos, s, out):
+    """The blocked order over (KV head, query block) work items spread over the thread pool."""
+    T = q.shape[0]
+    nqb = (T + QUERY_BLOCK - 1) // QUERY_BLOCK
+    for item in prange(s.n_head_kv * nqb):
+        g, qb = item // nqb, item % nqb
+        _attend_block(q, kt_cache, v_cache, g, qb * QUERY_BLOCK, min(T, (qb + 1) * QUERY_BLOCK), start_pos, s, out)
+
+
+@njit(cache=True)
 def attend(q, k_cache, v_cache, start_pos, s, out):
     """out (T, n_head·hd) = causal softmax(q·Kᵀ·scale)·V per head over cache cells 0..start_pos+t; s: the call's
     AttentionSettings.
@@ -130,6 +205,13 @@ def attend(q, k_cache, v_cache, start_pos, s, out):
     Small problems (a decode step at short context) run on the calling thread: a parallel region costs more there.
     """
     T = q.shape[0]
+    if s.blocked:
+        if T * (start_pos + T) * s.n_head * s.head_dim >= PARALLEL_WORK:
+            _attend_blocked(q, k_cache, v_cache, start_pos, s, out)
+        else:
+            for g in range(s.n_head_kv):
+                _attend_block(q, k_cache, v_cache, g, 0, T, start_pos, s, out)
+        return
     width = 4 * s.lanes
     n_pad = ((start_pos + T + width - 1) // width) * width
     if T * (start_pos + T) * s.n_head * s.head_dim >= PARALLEL_WORK:

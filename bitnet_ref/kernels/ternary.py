@@ -72,6 +72,7 @@ I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128), in I2_S.BLO
 I2S_ARM_BLOCK = I2_S_ARM.BLOCK_ELEMS  # elements per I2_S ARM block (64), in 16 bytes
 FMT_TQ2_0, FMT_TQ1_0, FMT_I2S, FMT_I2S_ARM = 0, 1, 2, 3
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
+TOKEN_TILE = 64  # SIMD path: token rows whose activations (64·K bytes) stay in L2 while every weight row passes
 
 DEFAULT_ISA = default_isa()
 
@@ -153,7 +154,8 @@ def _block_sums(q, nb):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# SIMD path: packed bytes straight into the dot intrinsics (intrinsics.py); a weight row stays in L1 across token rows
+# SIMD path: packed bytes straight into the dot intrinsics (intrinsics.py); a weight row stays in L1 across the token
+# rows of a tile, and a tile's activations stay in L2 across the weight rows
 
 
 @njit(cache=True)
@@ -201,92 +203,114 @@ def _i8_block4(w, o, q, ai, K, fmt, isa):
     return hsum_i32(v[0]), hsum_i32(v[1]), hsum_i32(v[2]), hsum_i32(v[3])
 
 
-@njit(cache=True, parallel=True)
-def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
-    """ggml profile on the SIMD path: tokens in groups of 4 share each decoded weight block, then one by one."""
-    T = qs.shape[0]
+@njit(cache=True, inline="always")
+def _q8k_rows(w, m, K, qs, dx, bsums, out, fmt, isa, t0, t1, d_twin):
+    """Outputs (t0..t1-1, m) of the ggml profile: tokens in groups of 4 share each decoded block, then one by one."""
     nb = K // QK
     bb = _q8k_block_bytes(fmt)
+    row = m * nb * bb
+    t4 = t1 - (t1 - t0) % 4
+    for t in range(t0, t4, 4):
+        f0 = f1 = f2 = f3 = f32x8_zero()
+        for b in range(nb):
+            o = row + bb * b
+            v = _q8k_block4(w, o, qs, t * K + QK * b, K, bsums, t * (K // 16) + 16 * b, fmt, isa)
+            dw = _block_d(w, o, bb, fmt, d_twin)
+            f0 = f32x8_fma(f0, v[0], np.float32(dx[t, b] * dw))
+            f1 = f32x8_fma(f1, v[1], np.float32(dx[t + 1, b] * dw))
+            f2 = f32x8_fma(f2, v[2], np.float32(dx[t + 2, b] * dw))
+            f3 = f32x8_fma(f3, v[3], np.float32(dx[t + 3, b] * dw))
+        out[t, m] = hsum8(f0)
+        out[t + 1, m] = hsum8(f1)
+        out[t + 2, m] = hsum8(f2)
+        out[t + 3, m] = hsum8(f3)
+    for t in range(t4, t1):
+        acc = f32x8_zero()
+        for b in range(nb):
+            o = row + bb * b
+            v = _q8k_block(w, o, qs, t * K + QK * b, bsums, t * (K // 16) + 16 * b, fmt, isa)
+            acc = f32x8_fma(acc, v, np.float32(dx[t, b] * _block_d(w, o, bb, fmt, d_twin)))
+        out[t, m] = hsum8(acc)
+
+
+@njit(cache=True, parallel=True)
+def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
+    """ggml profile on the SIMD path, token tile by token tile."""
+    T = qs.shape[0]
     d_twin = _twin_d(w, M, K, fmt)
-    for m in prange(M):
-        row = m * nb * bb
-        for t in range(0, T - T % 4, 4):
-            f0 = f1 = f2 = f3 = f32x8_zero()
-            for b in range(nb):
-                o = row + bb * b
-                v = _q8k_block4(w, o, qs, t * K + QK * b, K, bsums, t * (K // 16) + 16 * b, fmt, isa)
-                dw = _block_d(w, o, bb, fmt, d_twin)
-                f0 = f32x8_fma(f0, v[0], np.float32(dx[t, b] * dw))
-                f1 = f32x8_fma(f1, v[1], np.float32(dx[t + 1, b] * dw))
-                f2 = f32x8_fma(f2, v[2], np.float32(dx[t + 2, b] * dw))
-                f3 = f32x8_fma(f3, v[3], np.float32(dx[t + 3, b] * dw))
-            out[t, m] = hsum8(f0)
-            out[t + 1, m] = hsum8(f1)
-            out[t + 2, m] = hsum8(f2)
-            out[t + 3, m] = hsum8(f3)
-        for t in range(T - T % 4, T):
-            acc = f32x8_zero()
-            for b in range(nb):
-                o = row + bb * b
-                v = _q8k_block(w, o, qs, t * K + QK * b, bsums, t * (K // 16) + 16 * b, fmt, isa)
-                acc = f32x8_fma(acc, v, np.float32(dx[t, b] * _block_d(w, o, bb, fmt, d_twin)))
-            out[t, m] = hsum8(acc)
+    for t0 in range(0, T, TOKEN_TILE):
+        for m in prange(M):
+            _q8k_rows(w, m, K, qs, dx, bsums, out, fmt, isa, t0, min(T, t0 + TOKEN_TILE), d_twin)
+
+
+@njit(cache=True, inline="always")
+def _tq_i8_rows(w, m, K, q, s, qsum, out, fmt, isa, t0, t1):
+    """Outputs (t0..t1-1, m) of the bitnet profile, TQ formats: tokens in groups of 4, then one by one."""
+    nb = K // QK
+    bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
+    row = m * nb * bb
+    t4 = t1 - (t1 - t0) % 4
+    for t in range(t0, t4, 4):
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for b in range(nb):
+            o = row + bb * b
+            s0, s1, s2, s3 = _i8_block4(w, o, q, t * K + QK * b, K, fmt, isa)
+            dw = _f16_at(w, o + bb - 2)
+            a0 = _tq_i8_epilogue(s0, qsum[t, b], dw, a0)
+            a1 = _tq_i8_epilogue(s1, qsum[t + 1, b], dw, a1)
+            a2 = _tq_i8_epilogue(s2, qsum[t + 2, b], dw, a2)
+            a3 = _tq_i8_epilogue(s3, qsum[t + 3, b], dw, a3)
+        out[t, m] = a0 / s[t]
+        out[t + 1, m] = a1 / s[t + 1]
+        out[t + 2, m] = a2 / s[t + 2]
+        out[t + 3, m] = a3 / s[t + 3]
+    for t in range(t4, t1):
+        acc = np.float32(0.0)
+        for b in range(nb):
+            o = row + bb * b
+            acc = _tq_i8_epilogue(_i8_block(w, o, q, t * K + QK * b, fmt, isa), qsum[t, b], _f16_at(w, o + bb - 2), acc)
+        out[t, m] = acc / s[t]
 
 
 @njit(cache=True, parallel=True)
 def _simd_tq_i8(w, M, K, q, s, qsum, out, fmt, isa):
-    """bitnet profile, TQ formats, on the SIMD path: tokens in groups of 4, then one by one."""
+    """bitnet profile, TQ formats, on the SIMD path, token tile by token tile."""
     T = q.shape[0]
-    nb = K // QK
-    bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
-    for m in prange(M):
-        row = m * nb * bb
-        for t in range(0, T - T % 4, 4):
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for b in range(nb):
-                o = row + bb * b
-                s0, s1, s2, s3 = _i8_block4(w, o, q, t * K + QK * b, K, fmt, isa)
-                dw = _f16_at(w, o + bb - 2)
-                a0 = _tq_i8_epilogue(s0, qsum[t, b], dw, a0)
-                a1 = _tq_i8_epilogue(s1, qsum[t + 1, b], dw, a1)
-                a2 = _tq_i8_epilogue(s2, qsum[t + 2, b], dw, a2)
-                a3 = _tq_i8_epilogue(s3, qsum[t + 3, b], dw, a3)
-            out[t, m] = a0 / s[t]
-            out[t + 1, m] = a1 / s[t + 1]
-            out[t + 2, m] = a2 / s[t + 2]
-            out[t + 3, m] = a3 / s[t + 3]
-        for t in range(T - T % 4, T):
-            acc = np.float32(0.0)
-            for b in range(nb):
-                o = row + bb * b
-                acc = _tq_i8_epilogue(
-                    _i8_block(w, o, q, t * K + QK * b, fmt, isa), qsum[t, b], _f16_at(w, o + bb - 2), acc
-                )
-            out[t, m] = acc / s[t]
+    for t0 in range(0, T, TOKEN_TILE):
+        for m in prange(M):
+            _tq_i8_rows(w, m, K, q, s, qsum, out, fmt, isa, t0, min(T, t0 + TOKEN_TILE))
+
+
+@njit(cache=True, inline="always")
+def _i2s_rows(w, m, K, q, s, act_sum, out, isa, t0, t1, scale):
+    """Outputs (t0..t1-1, m) of the bitnet profile, I2_S: tokens in groups of 4 share each decoded chunk, then one
+    by one (four 32-byte chunks per intrinsic call)."""
+    nc = K // I2S_BLOCK
+    row = m * (K // 4)
+    t4 = t1 - (t1 - t0) % 4
+    for t in range(t0, t4, 4):
+        v = _zeros4()
+        for c in range(nc):
+            v = dot_i2s_t4(v, w, row + 32 * c, q, t * K + I2S_BLOCK * c, K, isa)
+        for n in range(4):
+            out[t + n, m] = _i2s_epilogue(hsum_i32(v[n]), act_sum[t + n], s[t + n], scale)
+    for t in range(t4, t1):
+        v1 = i32x8_zero()
+        for c in range(0, nc - 3, 4):
+            v1 = dot_i2s4(v1, w, row + 32 * c, q, t * K + I2S_BLOCK * c, isa)
+        for c in range(nc - nc % 4, nc):
+            v1 = dot_i2s(v1, w, row + 32 * c, q, t * K + I2S_BLOCK * c, isa)
+        out[t, m] = _i2s_epilogue(hsum_i32(v1), act_sum[t], s[t], scale)
 
 
 @njit(cache=True, parallel=True)
 def _simd_i2s(w, M, K, q, s, act_sum, out, isa):
-    """bitnet profile, I2_S, on the SIMD path: tokens in groups of 4 share each decoded chunk, then one by one
-    (four 32-byte chunks per intrinsic call)."""
+    """bitnet profile, I2_S, on the SIMD path, token tile by token tile."""
     T = q.shape[0]
     scale = _i2s_scale(w, M, K)
-    nc = K // I2S_BLOCK
-    for m in prange(M):
-        row = m * (K // 4)
-        for t in range(0, T - T % 4, 4):
-            v = _zeros4()
-            for c in range(nc):
-                v = dot_i2s_t4(v, w, row + 32 * c, q, t * K + I2S_BLOCK * c, K, isa)
-            for n in range(4):
-                out[t + n, m] = _i2s_epilogue(hsum_i32(v[n]), act_sum[t + n], s[t + n], scale)
-        for t in range(T - T % 4, T):
-            v1 = i32x8_zero()
-            for c in range(0, nc - 3, 4):
-                v1 = dot_i2s4(v1, w, row + 32 * c, q, t * K + I2S_BLOCK * c, isa)
-            for c in range(nc - nc % 4, nc):
-                v1 = dot_i2s(v1, w, row + 32 * c, q, t * K + I2S_BLOCK * c, isa)
-            out[t, m] = _i2s_epilogue(hsum_i32(v1), act_sum[t], s[t], scale)
+    for t0 in range(0, T, TOKEN_TILE):
+        for m in prange(M):
+            _i2s_rows(w, m, K, q, s, act_sum, out, isa, t0, min(T, t0 + TOKEN_TILE), scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
