@@ -105,45 +105,51 @@ def _softmax(w, n, lanes, ggml_exp, double_sum, chunk):
 
 
 @njit(cache=True)
-def _attend_head(q, k_cache, v_cache, t, h, start_pos, n_pad, s, out):
-    """out[t, head h] for query t at position start_pos + t (one work item of attend); s: AttentionSettings."""
+def _attend_group(q, k_cache, v_cache, t, g, start_pos, n_pad, s, out):
+    """out[t, heads of KV head g] for query t at position start_pos + t (one work item of attend): each head's scores
+    and softmax, then every V row decoded once for the n_gqa heads that read it; s: AttentionSettings."""
     head_dim, lanes = s.head_dim, s.lanes
-    g = h // (s.n_head // s.n_head_kv)
+    n_gqa = s.n_head // s.n_head_kv
     n = start_pos + t + 1
     qh = np.empty(head_dim, np.float32)
-    w = np.zeros(n_pad, np.float32)
+    w = np.zeros((n_gqa, n_pad), np.float32)
     vrow = np.zeros(n_pad, np.float32)
     acc = np.empty(64, np.float32)
     chunk = np.empty(16, np.float32)
-    for d in range(head_dim):
-        x = q[t, h * head_dim + d]
-        qh[d] = round_f16(x) if s.round_q else x
-    for j in range(n):  # s_j = K_j · q, scaled (the cache row is read in place: f16 bits decode exactly on load)
-        if s.tiled_kq:
-            kq = tiled_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, acc)
-        else:
-            kq = vec_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, VEC_F16, acc)
-        w[j] = kq * s.scale
-    _softmax(w, n, lanes, s.ggml_exp, s.double_sum, chunk)
-    if s.round_p:
-        for j in range(n):
-            w[j] = round_f16(w[j])
+    for i in range(n_gqa):
+        h = g * n_gqa + i
+        for d in range(head_dim):
+            x = q[t, h * head_dim + d]
+            qh[d] = round_f16(x) if s.round_q else x
+        wi = w[i]
+        for j in range(n):  # s_j = K_j · q, scaled (the cache row is read in place: f16 bits decode exactly on load)
+            if s.tiled_kq:
+                kq = tiled_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, acc)
+            else:
+                kq = vec_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, VEC_F16, acc)
+            wi[j] = kq * s.scale
+        _softmax(wi, n, lanes, s.ggml_exp, s.double_sum, chunk)
+        if s.round_p:
+            for j in range(n):
+                wi[j] = round_f16(wi[j])
     n_dot = ((n + lanes - 1) // lanes) * lanes if s.tiled_kqv else n_pad
     for d in range(head_dim):  # out_d = Σ_j P_j · V_j,d over the (zero-padded) cells
         vi = g * head_dim + d
         for j in range(n):
             vrow[j] = load(v_cache[vi], j)
-        if s.tiled_kqv:
-            out[t, h * head_dim + d] = tiled_dot(vrow, 0, w, 0, n_dot, lanes, acc)
-        else:
-            out[t, h * head_dim + d] = vec_dot(vrow, 0, w, 0, n_dot, lanes, VEC_F16, acc)
+        for i in range(n_gqa):
+            h = g * n_gqa + i
+            if s.tiled_kqv:
+                out[t, h * head_dim + d] = tiled_dot(vrow, 0, w[i], 0, n_dot, lanes, acc)
+            else:
+                out[t, h * head_dim + d] = vec_dot(vrow, 0, w[i], 0, n_dot, lanes, VEC_F16, acc)
 
 
 @njit(cache=True, parallel=True)
 def _attend_parallel(q, k_cache, v_cache, start_pos, n_pad, s, out):
-    """attend with one work item per (query, head) spread over the thread pool."""
-    for th in prange(q.shape[0] * s.n_head):
-        _attend_head(q, k_cache, v_cache, th // s.n_head, th % s.n_head, start_pos, n_pad, s, out)
+    """attend with one work item per (query, KV head) spread over the thread pool."""
+    for tg in prange(q.shape[0] * s.n_head_kv):
+        _attend_group(q, k_cache, v_cache, tg // s.n_head_kv, tg % s.n_head_kv, start_pos, n_pad, s, out)
 
 
 @njit(cache=True)
@@ -217,5 +223,5 @@ def attend(q, k_cache, v_cache, start_pos, s, out):
     if T * (start_pos + T) * s.n_head * s.head_dim >= PARALLEL_WORK:
         _attend_parallel(q, k_cache, v_cache, start_pos, n_pad, s, out)
         return
-    for th in range(T * s.n_head):
-        _attend_head(q, k_cache, v_cache, th // s.n_head, th % s.n_head, start_pos, n_pad, s, out)
+    for tg in range(T * s.n_head_kv):
+        _attend_group(q, k_cache, v_cache, tg // s.n_head_kv, tg % s.n_head_kv, start_pos, n_pad, s, out)
