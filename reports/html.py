@@ -71,9 +71,11 @@ def _bench_history(runs: list[tuple[dict, dict[str, pd.DataFrame]]]) -> pd.DataF
         s = tables.get("summary")
         if meta.get("kind") != "bench" or s is None:
             continue
-        sel = s[(s["engine"] == REF_ENGINE) & s["metric"].str.startswith("tg")]
+        ours = s["engine"].astype(str).str.fullmatch(rf"{REF_ENGINE}(\[[^\]]+\])?")  # one profile, or several
+        sel = s[ours & s["metric"].str.startswith("tg")]
         for rec in sel.to_dict("records"):
-            rows.append({"run": meta.get("run_id"), "series": f"{rec['case']} {rec['threads']}T",
+            profile = rec["engine"][len(REF_ENGINE):]
+            rows.append({"run": meta.get("run_id"), "series": f"{rec['case']} {rec['threads']}T{profile}",
                          "decode_ratio": rec["ratio"], "decode_tok_s": rec["median"]})
     return pd.DataFrame(rows, columns=["run", "series", "decode_ratio", "decode_tok_s"])
 

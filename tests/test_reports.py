@@ -10,6 +10,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -199,3 +200,17 @@ def test_report_loads_in_headless_chromium(out_root: Path, tmp_path: Path) -> No
     subprocess.run([*args, f"--screenshot={shot}", url], capture_output=True, timeout=60, check=True)
     with Image.open(shot) as im:
         assert im.size == (1280, 2000)
+
+
+def test_bench_history_follows_every_profile_of_bitnet_ref():
+    """The index's decode-ratio history takes bitnet_ref's rows whether a run measured one profile or several."""
+    from reports.html import _bench_history
+
+    summary = pd.DataFrame({
+        "engine": ["bitnet_ref", "llama.cpp", "bitnet_ref[ggml]", "bitnet_ref[bitnet]", "bitnet_refx"],
+        "metric": ["tg128"] * 5, "case": ["2b4t/tq2_0"] * 5, "threads": [2] * 5,
+        "ratio": [0.9, 1.0, 0.8, 0.95, 9.0], "median": [16.0, 18.0, 15.0, 17.0, 1.0],
+    })
+    hist = _bench_history([({"kind": "bench", "run_id": "r1"}, {"summary": summary})])
+    assert hist["series"].tolist() == ["2b4t/tq2_0 2T", "2b4t/tq2_0 2T[ggml]", "2b4t/tq2_0 2T[bitnet]"]
+    assert hist["decode_ratio"].tolist() == [0.9, 0.8, 0.95]
