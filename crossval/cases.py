@@ -119,19 +119,24 @@ def _relu2_cases(presets, profiles) -> list[Case]:
     ]
 
 
-def user_cases(path: str, profiles=PROFILES, prompts=("hello", "mixed", "long")) -> list[Case]:
-    """A user's GGUF (BITNET_GGUF): every profile and prompt, 2 threads."""
+def user_cases(path: str, profiles=PROFILES, prompts=("hello", "mixed", "long"), i2s_layout: str = "x86") -> list[Case]:
+    """A user's GGUF (BITNET_GGUF): every profile and prompt, 2 threads; an I2_S file is read in `i2s_layout`."""
     from bitnet_ref.gguf_reader import read_gguf
 
     with read_gguf(path) as g:
         types = {t.type for t in g.tensors.values()}
         arch = g.arch
     fmt = next(f.NAME for f in USER_FORMAT_PRIORITY if f.TYPE in types)
+    if fmt == I2_S.NAME and i2s_layout == "arm":
+        fmt = I2_S_ARM.NAME
     return [Case("user", fmt, pr, pf, 2, arch=arch, user_path=str(path)) for pf in profiles for pr in prompts]
 
 
-def matrix(*, quick: bool = False, with_2b4t: bool = False, user_model: str | None = None) -> list[Case]:
-    """The default matrix, or the quick CI subset; BITNET_GGUF (or user_model) adds a user's model."""
+def matrix(
+    *, quick: bool = False, with_2b4t: bool = False, user_model: str | None = None, user_i2s_layout: str = "x86"
+) -> list[Case]:
+    """The default matrix, or the quick CI subset; BITNET_GGUF (or user_model) adds a user's model, whose I2_S
+    weights are read in `user_i2s_layout`."""
     if quick:
         cases = _synth_cases(("tiny",), FORMATS, ("hello",), PROFILES, (2,))
         cases += _synth_cases(("tiny",), (TQ2_0.NAME,), ("mixed", "long"), PROFILES, (1,))
@@ -149,7 +154,7 @@ def matrix(*, quick: bool = False, with_2b4t: bool = False, user_model: str | No
             cases += _synth_cases(("2b4t",), (TQ2_0.NAME, I2_S.NAME), ("hello", "long"), PROFILES, (2,))
     user_model = user_model or os.environ.get(USER_MODEL_ENV)
     if user_model:
-        cases += user_cases(user_model)
+        cases += user_cases(user_model, i2s_layout=user_i2s_layout)
     return cases
 
 

@@ -227,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ref-timeout", type=float, default=REF_TIMEOUT_S,
                     help=f"seconds one reference call may take before it is killed and the case is ERROR "
                          f"(default {REF_TIMEOUT_S:.0f})")
+    ap.add_argument("--i2s-layout", choices=("x86", "arm"), default="x86",
+                    help="the I2_S layout of a BITNET_GGUF model (a GGUF does not record it; default x86)")
     ap.add_argument("--list", action="store_true", help="list the selected cases and exit")
     ap.add_argument("--no-report", action="store_true", help="write records only, no HTML report")
     return ap.parse_args(argv)
@@ -234,7 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def select(args: argparse.Namespace) -> list[C.Case]:
     """The cases the options select."""
-    cases = C.matrix(quick=args.quick, with_2b4t=args.with_2b4t)
+    cases = C.matrix(quick=args.quick, with_2b4t=args.with_2b4t, user_i2s_layout=args.i2s_layout)
     if args.flash_attn:
         cases = [dataclasses.replace(c, flash_attn=True) for c in cases]
     wanted = [f for f in args.filter.split(",") if f] or [""]

@@ -151,3 +151,15 @@ def test_quick_matrix_shape():
 def test_long_prompt_fills_to_target():
     text = C.long_prompt(lambda s: s.split(), 50)
     assert 40 < len(text.split()) <= 50
+
+
+def test_a_user_i2s_model_is_read_in_the_layout_given(tmp_path):
+    """BITNET_GGUF's I2_S layout is the caller's to say (--i2s-layout): its cases then read the file as ARM."""
+    from bitnet_ref import synth
+
+    path = synth.synth_model(tmp_path / "user.gguf", fmt="i2_s_arm")
+    x86 = C.matrix(quick=True, user_model=str(path))
+    arm = C.matrix(quick=True, user_model=str(path), user_i2s_layout="arm")
+    assert {c.i2s_layout for c in x86 if c.user_path} == {"x86"}
+    assert {(c.fmt, c.i2s_layout) for c in arm if c.user_path} == {("i2_s_arm", "arm")}
+    assert len([c for c in arm if c.user_path]) == 6
