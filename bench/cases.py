@@ -12,6 +12,7 @@ import numpy as np
 from bench import roofline
 from bitnet_ref import formats
 from bitnet_ref.formats import F16, I2_S, IQ2_S, TL1, TL2, TQ1_0, TQ2_0
+from bitnet_ref.synth import TWIN_OF
 
 REF = "bitnet_ref"
 LLAMA = "llama.cpp"
@@ -19,7 +20,7 @@ LLAMA_FA_OFF = "llama.cpp[fa=off]"
 ENGINE_NAMES = (REF, LLAMA, LLAMA_FA_OFF)
 PRESETS = ("tiny", "small", "2b4t")
 FORMATS = (TQ2_0.NAME, TQ1_0.NAME, F16.NAME, IQ2_S.NAME, I2_S.NAME, TL1.NAME, TL2.NAME)
-TWINNED = (I2_S.NAME, TL1.NAME, TL2.NAME)  # bitnet.cpp's formats: llama.cpp reads the lossless TQ2_0 twin
+TWINNED = tuple(formats.get(t).NAME for t in TWIN_OF)  # bitnet.cpp's formats: llama.cpp reads the TQ2_0 twin
 DEFAULT_MODELS = ("small", "2b4t")
 DEFAULT_FORMATS = (TQ2_0.NAME, I2_S.NAME)
 TTFT_TEXT = (

@@ -42,6 +42,7 @@ from bitnet_ref.errors import (
     DuplicateError,
     FileAccessError,
     GGUFError,
+    ScaleError,
     TensorBoundsError,
     TensorShapeError,
     TruncatedError,
@@ -141,6 +142,18 @@ class GGUFFile:
         if self._data is None:
             raise GGUFError(self.path, "file", "closed", "an open GGUFFile")
         return self._data[info.offset : info.offset + info.nbytes]
+
+    def tl_scale(self, weight_name: str) -> np.ndarray:
+        """The 1-element f32 view of a TL1/TL2 weight's `<name>_scale` tensor (docs/FORMATS.md §3.5); ScaleError when
+        there is no such 1-element F32 tensor."""
+        name = weight_name + TL_SCALE_SUFFIX
+        scale = self.tensors.get(name)
+        if scale is None or scale.type != GGMLType.F32 or scale.n_elements != 1:
+            found = None if scale is None else (scale.type.name, scale.shape)
+            raise ScaleError(
+                self.path, f"tensor {name!r}", found, f"a 1-element F32 tensor holding the scale of {weight_name!r}"
+            )
+        return self.tensor_bytes(name).view("<f4")
 
     def get(self, key: str, default: object = _NO_DEFAULT) -> object:
         """Metadata value for key; default when given and the key is absent, else a GGUFError."""

@@ -166,8 +166,8 @@ def _bitlinear_q8_0(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out:
     dense.matmul_q8_0_i8(lin.data, lin.rows, lin.cols, q, s, out)
 
 
-def _ternary(matmul: Callable) -> Callable:
-    """Ternary weights: a packed integer kernel on Q8_K blocks or per-token int8 activations."""
+def _packed(matmul: Callable) -> Callable:
+    """Packed ternary or IQ2_S weights: an integer kernel on Q8_K blocks or per-token int8 activations."""
 
     def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
         matmul(lin.data, lin.rows, lin.cols, *act, out)
@@ -199,16 +199,16 @@ KERNELS: dict[tuple[type[Format], str, str], Callable] = {
     (F.F16, "i8_token", CPU): _bitlinear_float(bf16=False),
     (F.BF16, "i8_token", CPU): _bitlinear_float(bf16=True),
     (F.Q8_0, "i8_token", CPU): _bitlinear_q8_0,
-    (F.IQ2_S, "q8_k", CPU): _ternary(iq2s.matmul_iq2s_q8k),
-    (F.IQ2_S, "i8_token", CPU): _ternary(iq2s.matmul_iq2s_i8),
-    (F.TQ1_0, "q8_k", CPU): _ternary(ternary.matmul_tq1_0_q8k),
-    (F.TQ1_0, "i8_token", CPU): _ternary(ternary.matmul_tq1_0_i8),
-    (F.TQ2_0, "q8_k", CPU): _ternary(ternary.matmul_tq2_0_q8k),
-    (F.TQ2_0, "i8_token", CPU): _ternary(ternary.matmul_tq2_0_i8),
-    (F.I2_S, "q8_k", CPU): _ternary(ternary.matmul_i2s_q8k),
-    (F.I2_S, "i8_token", CPU): _ternary(ternary.matmul_i2s_i8),
-    (F.I2_S_ARM, "q8_k", CPU): _ternary(ternary.matmul_i2s_arm_q8k),
-    (F.I2_S_ARM, "i8_token", CPU): _ternary(ternary.matmul_i2s_arm_i8),
+    (F.IQ2_S, "q8_k", CPU): _packed(iq2s.matmul_iq2s_q8k),
+    (F.IQ2_S, "i8_token", CPU): _packed(iq2s.matmul_iq2s_i8),
+    (F.TQ1_0, "q8_k", CPU): _packed(ternary.matmul_tq1_0_q8k),
+    (F.TQ1_0, "i8_token", CPU): _packed(ternary.matmul_tq1_0_i8),
+    (F.TQ2_0, "q8_k", CPU): _packed(ternary.matmul_tq2_0_q8k),
+    (F.TQ2_0, "i8_token", CPU): _packed(ternary.matmul_tq2_0_i8),
+    (F.I2_S, "q8_k", CPU): _packed(ternary.matmul_i2s_q8k),
+    (F.I2_S, "i8_token", CPU): _packed(ternary.matmul_i2s_i8),
+    (F.I2_S_ARM, "q8_k", CPU): _packed(ternary.matmul_i2s_arm_q8k),
+    (F.I2_S_ARM, "i8_token", CPU): _packed(ternary.matmul_i2s_arm_i8),
     (F.TL1, "i8_lut", CPU): _tl(lut.matmul_tl1),
     (F.TL1, "i8_token", CPU): _tl(lut.matmul_tl1),
     (F.TL2, "i8_lut", CPU): _tl(lut.matmul_tl2),

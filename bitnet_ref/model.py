@@ -34,7 +34,6 @@ from bitnet_ref.constants import (
     TENSOR_OUTPUT,
     TENSOR_OUTPUT_NORM,
     TENSOR_TOKEN_EMBD,
-    TL_SCALE_SUFFIX,
     GGMLType,
 )
 from bitnet_ref.errors import (
@@ -42,6 +41,7 @@ from bitnet_ref.errors import (
     ContextOverflowError,
     EngineError,
     FormatError,
+    ScaleError,
     TokenRangeError,
     UnsupportedFormatError,
 )
@@ -119,20 +119,12 @@ def _linear(gguf: GGUFFile, name: str, numerics: Numerics, layout: Layout, bitli
     params: tuple = ()
     try:
         if fmt.SCALE_TENSOR:
-            params = (*layout.tiling(fmt, info.rows, info.cols), _scale_tensor(gguf, name))
+            params = (*layout.tiling(fmt, info.rows, info.cols), float(gguf.tl_scale(name)[0]))
         check_weight(fmt, raw, info.rows, info.cols, kind, params)
-    except (FormatError, ConfigError) as e:
+    except (FormatError, ConfigError, ScaleError) as e:
         raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
     return Linear(name, fmt, info.rows, info.cols, _typed_view(raw, info.type), kind, kernel, scale, params)
 
-
-def _scale_tensor(gguf: GGUFFile, name: str) -> float:
-    """The value of a TL1/TL2 weight's 1-element F32 `<name>_scale` tensor."""
-    scale_name = name + TL_SCALE_SUFFIX
-    info = gguf.tensors.get(scale_name)
-    if info is None or info.type != GGMLType.F32 or info.n_elements != 1:
-        raise FormatError(f"{scale_name}: expected a 1-element F32 tensor holding the weight's scale")
-    return float(gguf.tensor_bytes(scale_name).view(np.float32)[0])
 
 
 def _vector(gguf: GGUFFile, name: str) -> np.ndarray:

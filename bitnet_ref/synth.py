@@ -297,7 +297,12 @@ def _plan(
         kv = [(k, v, t) for k, (v, t) in tokenizer.items()]
     metadata = _arch_metadata(resolved, fmt, arch, preset, int(seed)) + kv
     config = ModelConfig.from_metadata({k: v for k, v, _ in metadata}, {}, where=f"synthetic {preset}")
-    return _Plan(int(seed), metadata, _tensors(config, fmt))
+    plan = _Plan(int(seed), metadata, _tensors(config, fmt))
+    try:
+        _tilings(plan)  # TL1/TL2: every weight shape must fit a tiling
+    except FormatError as e:
+        raise ConfigError(str(e)) from None
+    return plan
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -306,15 +311,9 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_blocks(dims: Dims, fmt: str) -> None:
-    """Every linear's K (n_embd, n_ff) must be a multiple of the format's block (TL1/TL2: fit a tiling)."""
+    """Every linear's K (n_embd, n_ff) must be a multiple of the format's block (TL1/TL2: _plan checks the tilings)."""
     cls = SYNTH_FORMATS[fmt]
     if cls.SCALE_TENSOR:
-        kv = dims.n_embd // dims.n_head * dims.n_head_kv
-        for m, k in ((dims.n_embd, dims.n_embd), (kv, dims.n_embd), (dims.n_ff, dims.n_embd), (dims.n_embd, dims.n_ff)):
-            try:
-                tl_tiling(cls, m, k)
-            except FormatError as e:
-                raise ConfigError(f"{fmt.upper()} weight of M = {m}, K = {k}: {e}") from None
         return
     block = cls.BLOCK_ELEMS
     for name in ("n_embd", "n_ff"):
@@ -496,7 +495,7 @@ def _ternary_and_scale(g, name: str, layout: Layout) -> tuple[np.ndarray, float]
         return fmt.ternary(raw, t.shape), float(fmt.scales(raw, t.shape)[0])
     fmt = formats.get(t.type)
     tiling = fmt.Tiling(*layout.tiling(fmt, t.rows, t.cols))
-    return fmt.ternary(raw, t.shape, tiling), float(g.tensor_bytes(name + TL_SCALE_SUFFIX).view(np.float32)[0])
+    return fmt.ternary(raw, t.shape, tiling), float(g.tl_scale(name)[0])
 
 
 def _twin_kv(key: str, value: object, arch: str) -> tuple[str, object]:

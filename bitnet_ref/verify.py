@@ -12,14 +12,13 @@ import numpy as np
 
 from bitnet_ref import formats
 from bitnet_ref.config import ModelConfig
-from bitnet_ref.constants import KEY_ARCHITECTURE, TL_SCALE_SUFFIX, GGMLType
+from bitnet_ref.constants import KEY_ARCHITECTURE, TL_SCALE_SUFFIX
 from bitnet_ref.errors import BitnetRefError, ConfigError, FileAccessError, ScaleError
 from bitnet_ref.formats import BlockFormat, Format
 from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
 from bitnet_ref.layout import Layout, read_layout
 
 CHUNK_ELEMENTS = 1 << 22  # verify decodes big tensors in row chunks of about this many elements
-_F32 = np.dtype("<f4")
 
 
 class VerifyProblem(Exception):
@@ -166,24 +165,10 @@ def check_scales(gguf: GGUFFile) -> None:
     for info in gguf.tensors.values():
         fmt = formats.get(info.type)
         if fmt.SCALE_TENSOR:
-            _check(gguf, info.name + TL_SCALE_SUFFIX, _tl_scale(gguf, info), per_block=False)
+            _check(gguf, info.name + TL_SCALE_SUFFIX, gguf.tl_scale(info.name), per_block=False)
         elif info.type in formats.TERNARY_TYPES:  # scales in the tensor: one per block, or one per tensor (I2_S)
             scales = fmt.stored_scales(gguf.tensor_bytes(info.name))
             _check(gguf, info.name, scales, per_block=issubclass(fmt, BlockFormat))
-
-
-def _tl_scale(gguf: GGUFFile, info: TensorInfo) -> np.ndarray:
-    """The value of the `<name>_scale` tensor of a TL1/TL2 weight."""
-    scale = gguf.tensors.get(info.name + TL_SCALE_SUFFIX)
-    if scale is None or scale.type != GGMLType.F32 or scale.n_elements != 1:
-        found = None if scale is None else (scale.type.name, scale.shape)
-        raise ScaleError(
-            gguf.path,
-            f"tensor {info.name + TL_SCALE_SUFFIX!r}",
-            found,
-            f"a 1-element F32 tensor holding the scale of {info.name!r}",
-        )
-    return gguf.tensor_bytes(scale.name).view(_F32)
 
 
 def _check(gguf: GGUFFile, name: str, scales: np.ndarray, per_block: bool) -> None:
