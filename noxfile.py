@@ -12,7 +12,8 @@ DEV = nox.project.dependency_groups(PYPROJECT, "dev")
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite, the quick crossval gate against llama.cpp included."""
-    session.install(".", *DEV)
+    session.install("torch==2.13.0")  # first and pinned: the local CPU wheel; a free torch pulls a multi-GB CUDA one
+    session.install(".[hf]", *DEV)
     session.run("pytest", *session.posargs)
 
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from bitnet_ref import __version__
+from bitnet_ref.checkpoint import Checkpoint, read_model_file
 from bitnet_ref.config import FFN_ACTS, ModelConfig
 from bitnet_ref.constants import (
     KEY_ARCHITECTURE,
@@ -36,9 +37,11 @@ from bitnet_ref.constants import (
     KEY_TOKENS,
     TokenType,
 )
+from bitnet_ref.convert import FORMATS as CONVERT_FORMATS
+from bitnet_ref.convert import convert_checkpoint
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.generate import GenerationResult, generate, warmup
-from bitnet_ref.gguf_reader import GGUFFile, read_gguf
+from bitnet_ref.gguf_reader import GGUFFile
 from bitnet_ref.layout import I2S_LAYOUTS
 from bitnet_ref.model import load_model
 from bitnet_ref.numerics import PROFILES
@@ -126,6 +129,22 @@ def run_synth(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `bitnet-ref convert`."""
+    p.add_argument("checkpoint", type=Path, help="an HF BitNet checkpoint folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the GGUF file to write")
+    p.add_argument("--format", dest="fmt", choices=CONVERT_FORMATS, default="tq2_0",
+                   help="format of the BitLinear weights (default tq2_0)")
+
+
+def run_convert(args: argparse.Namespace, console: Console) -> int:
+    """Write a checkpoint as a GGUF that keeps its activation and scales, and report what was written."""
+    start = time.perf_counter()
+    result = convert_checkpoint(args.checkpoint, args.output, args.fmt)
+    console.print(f"{result.line()} ({time.perf_counter() - start:.1f} s)", soft_wrap=True, markup=False)
+    return 0
+
+
 @contextmanager
 def _progress_bar(console: Console, quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
     """A synth progress callback drawing a rich bar of bytes written (None when quiet or not on a terminal)."""
@@ -148,13 +167,13 @@ def _progress_bar(console: Console, quiet: bool) -> Iterator[Callable[[str, int,
 
 def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `bitnet-ref inspect`."""
-    p.add_argument("file", type=Path, help="a GGUF file")
+    p.add_argument("file", type=Path, help="a GGUF file or an HF checkpoint folder")
     p.add_argument("--ffn-act", choices=FFN_ACTS, help="override the FFN activation when deriving the config")
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
-    """Print architecture, config, tokenizer summary and the tensor table of a GGUF file."""
-    with read_gguf(args.file) as g:
+    """Print architecture, config, tokenizer summary and the tensor table of a GGUF file or HF checkpoint folder."""
+    with read_model_file(args.file) as g:
         _print_header(console, g)
         _print_config(console, g, args.ffn_act)
         _print_tokenizer(console, g)
@@ -162,7 +181,14 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _print_header(console: Console, g: GGUFFile) -> None:
+def _print_header(console: Console, g: GGUFFile | Checkpoint) -> None:
+    if isinstance(g, Checkpoint):
+        info = g.describe()
+        console.print(f"[bold]{g.path}[/]  HF checkpoint {info['architectures']}, files {', '.join(info['files'])}",
+                      soft_wrap=True)
+        console.print(f"BitLinear weights: {info['weights']}; read as architecture {g.arch!r}, "
+                      f"{len(g.metadata)} metadata keys, {len(g.tensors)} tensors", soft_wrap=True)
+        return
     size = g.path.stat().st_size
     console.print(
         f"[bold]{g.path}[/]  {_human_bytes(size)}  GGUF v{g.version}, alignment {g.alignment}", soft_wrap=True
@@ -256,7 +282,7 @@ def tensor_table(g: GGUFFile) -> Table:
 
 def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `bitnet-ref verify`."""
-    p.add_argument("file", type=Path, help="a GGUF file")
+    p.add_argument("file", type=Path, help="a GGUF file or an HF checkpoint folder")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the one-line verdict")
     p.add_argument("--kernel-config", type=Path, default=None,
                    help="bitnet.cpp's kernel_config.ini to decode TL1/TL2 codes with (default: the one beside it)")
@@ -279,7 +305,7 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `bitnet-ref generate`."""
-    p.add_argument("-m", "--model", type=Path, required=True, help="a GGUF file")
+    p.add_argument("-m", "--model", type=Path, required=True, help="a GGUF file or an HF checkpoint folder")
     p.add_argument("-p", "--prompt", required=True, help="the prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (default 64)")
     defaults = SamplerConfig()
@@ -379,11 +405,12 @@ def _human_bytes(n: int) -> str:
 
 COMMANDS: tuple[Command, ...] = (
     Command("synth", "write a synthetic BitNet b1.58 GGUF model", add_synth_arguments, run_synth),
-    Command(
-        "inspect", "show a GGUF file's architecture, config, tokenizer and tensors", add_inspect_arguments, run_inspect
-    ),
-    Command("verify", "validate a GGUF model completely, decoding every tensor", add_verify_arguments, run_verify),
+    Command("inspect", "show a GGUF file's or HF checkpoint's architecture, config, tokenizer and tensors",
+            add_inspect_arguments, run_inspect),
+    Command("verify", "validate a GGUF model or HF checkpoint completely, decoding every tensor", add_verify_arguments,
+            run_verify),
     Command("generate", "generate text with the bitnet_ref engine", add_generate_arguments, run_generate),
+    Command("convert", "write an HF BitNet checkpoint as a faithful GGUF", add_convert_arguments, run_convert),
     _forwarding("crossval", "compare bitnet_ref with llama.cpp", "crossval.run"),
     _forwarding("bench", "time bitnet_ref and llama.cpp side by side", "bench.run"),
     _forwarding("report", "rebuild HTML reports from records", "reports.__main__"),

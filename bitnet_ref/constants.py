@@ -125,6 +125,7 @@ KEY_UNK_ID = "tokenizer.ggml.unknown_token_id"
 KEY_PAD_ID = "tokenizer.ggml.padding_token_id"
 KEY_ADD_BOS = "tokenizer.ggml.add_bos_token"
 KEY_ADD_EOS = "tokenizer.ggml.add_eos_token"
+KEY_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
 
 
 class TokenType(IntEnum):

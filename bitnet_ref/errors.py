@@ -99,3 +99,14 @@ class UnsupportedFormatError(EngineError, NotImplementedError):
 
 class TokenizerError(BitnetRefError, ValueError):
     """The tokenizer metadata is missing or inconsistent, or a string cannot be tokenized."""
+
+
+class CheckpointError(BitnetRefError, ValueError):
+    """A Hugging Face checkpoint (config.json, safetensors, tokenizer files) is malformed or unsupported."""
+
+    def __init__(self, path: object, field: str, value: object, expected: str) -> None:
+        self.path = str(path)
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{self.path}: {field} = {value!r}; expected {expected}")

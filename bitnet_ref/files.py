@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -69,3 +72,33 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def model_identity(path: str | os.PathLike) -> dict[str, object]:
+    """sha256 and size of a model: a GGUF file's bytes, or a checkpoint folder's files (the sha256 of the lines
+    `<name> <sha256>` of its regular files in name order)."""
+    path = Path(path)
+    if not path.is_dir():
+        return {"sha256": file_sha256(path), "bytes": check_readable(path)}
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    listing = "".join(f"{p.name} {file_sha256(p)}\n" for p in files)
+    return {"sha256": hashlib.sha256(listing.encode()).hexdigest(), "bytes": sum(p.stat().st_size for p in files),
+            "files": [p.name for p in files]}
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A unique temporary path beside path, renamed to path when the block succeeds and removed in any case."""
+    check_writable(path)  # before drawing a whole model that could not be put in place
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise FileAccessError(path, "write", e) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary readable file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

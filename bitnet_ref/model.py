@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from bitnet_ref import formats
+from bitnet_ref.checkpoint import Checkpoint, read_model_file
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import (
     TENSOR_ATTN_K,
@@ -45,7 +46,7 @@ from bitnet_ref.errors import (
     TokenRangeError,
     UnsupportedFormatError,
 )
-from bitnet_ref.gguf_reader import GGUFFile, read_gguf
+from bitnet_ref.gguf_reader import GGUFFile
 from bitnet_ref.kernels import activation, attention, norm, rope, ternary
 from bitnet_ref.kernels.scalar import powf
 from bitnet_ref.layout import Layout, read_layout
@@ -287,6 +288,7 @@ class Model:
             "linear_types": types,
             "kernel_isa": ternary.kernel_isa(),
             "layout": self.layout.describe(),  # the ternary kernels run with their default isa (fixed at import)
+            **({"checkpoint": self.gguf.describe()} if isinstance(self.gguf, Checkpoint) else {}),
         }
 
     # -- the network ---------------------------------------------------------------------------------------------------
@@ -453,11 +455,15 @@ def load_model(
     i2s_layout: str = "x86",
     kernel_config: str | Path | None = None,
 ) -> Model:
-    """Open a GGUF and build a Model; ffn_act overrides the file's (and the profile's) FFN activation. What the file
-    does not record is the caller's to say (layout.py): `i2s_layout` "x86" or "arm", and for TL1/TL2 tensors the
-    bitnet.cpp `kernel_config` file of their tilings (default: the `<stem>.kernel_config.ini` beside the file)."""
+    """Open a GGUF or an HF checkpoint folder (checkpoint.py) and build a Model; ffn_act overrides the file's (and the
+    profile's) FFN activation. What a GGUF does not record is the caller's to say (layout.py): `i2s_layout` "x86" or
+    "arm", and for TL1/TL2 tensors the bitnet.cpp `kernel_config` file of their tilings (default: the
+    `<stem>.kernel_config.ini` beside the file)."""
     nm = resolve(numerics)
-    gguf = read_gguf(path)
+    gguf = read_model_file(path)
+    if isinstance(gguf, Checkpoint) and (i2s_layout != "x86" or kernel_config is not None):
+        raise EngineError(f"{path}: an HF checkpoint has no I2_S layout or TL tiling to choose "
+                          f"(got i2s_layout={i2s_layout!r}, kernel_config={kernel_config!r})")
     config = ModelConfig.from_gguf(gguf, ffn_act=ffn_act)
     config.check_tensors(gguf)
     layout = read_layout(gguf, i2s_layout, kernel_config)

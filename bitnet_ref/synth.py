@@ -18,9 +18,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -49,8 +47,8 @@ from bitnet_ref.constants import (
     TL_SCALE_SUFFIX,
     ValueType,
 )
-from bitnet_ref.errors import ConfigError, FileAccessError, FormatError
-from bitnet_ref.files import check_writable, file_sha256
+from bitnet_ref.errors import ConfigError, FormatError
+from bitnet_ref.files import atomic_path, file_sha256
 from bitnet_ref.formats import F32, I2_S, I2_S_ARM, TQ2_0
 from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.gguf_writer import GGUFWriter
@@ -159,9 +157,9 @@ def synth_model(
     path = Path(path)
     tilings = _tilings(plan)
     if tilings:
-        with _atomic(sidecar(path)) as tmp:
+        with atomic_path(sidecar(path)) as tmp:
             tmp.write_text(kernel_config_text(tilings), encoding="utf-8")
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         _write(tmp, plan, progress)
     return path
 
@@ -249,27 +247,9 @@ def tq2_0_twin(path: str | os.PathLike, layout: Layout | None = None, progress: 
     out = src.with_name(src.name.removesuffix(".gguf") + TWIN_SUFFIX)
     if out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:
         return out
-    with _atomic(out) as tmp:
+    with atomic_path(out) as tmp:
         _write_twin(src, tmp, layout, progress)
     return out
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A unique temporary path beside path, renamed to path when the block succeeds and removed in any case."""
-    check_writable(path)  # before drawing a whole model that could not be put in place
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise FileAccessError(path, "write", e) from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary readable file
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from bitnet_ref.bpe import BPE, utf8
+from bitnet_ref.checkpoint import read_model_file
 from bitnet_ref.constants import (
     KEY_ADD_BOS,
     KEY_ADD_EOS,
+    KEY_ADD_SPACE_PREFIX,
     KEY_BOS_ID,
     KEY_EOS_ID,
     KEY_MERGES,
@@ -31,7 +33,6 @@ from bitnet_ref.constants import (
     KEY_UNK_ID,
 )
 from bitnet_ref.errors import TokenizerError, TokenRangeError
-from bitnet_ref.gguf_reader import read_gguf
 from bitnet_ref.pretokenizer import PRE_LLAMA3, pre_tokenizer_kind
 from bitnet_ref.special_tokens import (
     ATTR_OF_TYPE,
@@ -46,7 +47,6 @@ from bitnet_ref.special_tokens import (
 )
 from bitnet_ref.spm import SentencePiece
 
-KEY_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
 KEY_EOT_ID = "tokenizer.ggml.eot_token_id"
 KEY_EOM_ID = "tokenizer.ggml.eom_token_id"
 KEY_FIM_PAD_ID = "tokenizer.ggml.fim_pad_token_id"
@@ -183,8 +183,8 @@ class Tokenizer:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Tokenizer:
-        """Tokenizer of the GGUF file at path (reads the header only)."""
-        with read_gguf(path) as gguf:
+        """Tokenizer of the GGUF file (header only) or HF checkpoint folder (its tokenizer.json) at path."""
+        with read_model_file(path) as gguf:
             return cls(gguf.metadata)
 
     # -- setup ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Full verification of a GGUF model: header, scales, config and tensor shapes, then every tensor decoded."""
+"""Full verification of a model (a GGUF, or an HF checkpoint as its weights are read): header, scales, config and tensor
+shapes, then every tensor decoded."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from bitnet_ref import formats
+from bitnet_ref.checkpoint import read_model_file
 from bitnet_ref.config import ModelConfig
 from bitnet_ref.constants import KEY_ARCHITECTURE, TL_SCALE_SUFFIX
 from bitnet_ref.errors import BitnetRefError, ConfigError, FileAccessError, ScaleError
 from bitnet_ref.formats import BlockFormat, Format
-from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
+from bitnet_ref.gguf_reader import GGUFFile, TensorInfo
 from bitnet_ref.layout import Layout, read_layout
 
 CHUNK_ELEMENTS = 1 << 22  # verify decodes big tensors in row chunks of about this many elements
@@ -65,7 +67,7 @@ def verify(path: Path, kernel_config: Path | None = None) -> Verdict:
     v = Verdict(file=str(path))
     stage = "read"
     try:
-        with read_gguf(path) as g:
+        with read_model_file(path) as g:
             v.arch, v.n_tensors = g.metadata.get(KEY_ARCHITECTURE), len(g.tensors)
             v.types = dict(Counter(t.type.name for t in g.tensors.values()))
             stage = "scales"

@@ -58,7 +58,6 @@ class BitnetRefBackend:
 
     def __init__(self, path: str | Path, *, numerics: object = "ggml", n_threads: int = 2, ffn_act: str | None = None,
                  n_ctx: int | None = None, i2s_layout: str = "x86"):
-        from bitnet_ref.gguf_reader import read_gguf
         from bitnet_ref.model import load_model
         from bitnet_ref.tokenizer import Tokenizer
 
@@ -66,15 +65,14 @@ class BitnetRefBackend:
         try:
             self.model = load_model(self.path, numerics=numerics, n_threads=n_threads, ffn_act=ffn_act, n_ctx=n_ctx,
                                     n_ubatch=n_ctx or N_UBATCH_DEFAULT, i2s_layout=i2s_layout)
-            with read_gguf(self.path) as gguf:
-                self.tokenizer = Tokenizer.from_gguf(gguf)
+            self.tokenizer = Tokenizer.from_gguf(self.model.gguf)
         except BitnetRefError as exc:
             raise BackendError(f"bitnet_ref cannot load {self.path}: {exc}") from exc
         self.config = self.model.config
         self.n_threads = n_threads
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        """Token ids from the GGUF-embedded tokenizer."""
+        """Token ids from the model's own tokenizer (the GGUF's, or the checkpoint's tokenizer.json)."""
         return list(self.tokenizer.encode(text, add_bos=add_bos, parse_special=True))
 
     def _forward(self, tokens: list[int], trace=None) -> np.ndarray:

@@ -41,11 +41,11 @@ TABLES = ("cases", "points", "positions", "logits", "topk", "worst_logits")
 
 
 def model_context(path: Path) -> int:
-    """The training context length a GGUF declares."""
+    """The training context length a GGUF (or checkpoint folder) declares."""
+    from bitnet_ref.checkpoint import read_model_file
     from bitnet_ref.config import ModelConfig
-    from bitnet_ref.gguf_reader import read_gguf
 
-    with read_gguf(path) as g:
+    with read_model_file(path) as g:
         return ModelConfig.from_gguf(g).n_ctx
 
 
@@ -231,6 +231,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="the I2_S layout of a BITNET_GGUF model (a GGUF does not record it; default x86)")
     ap.add_argument("--list", action="store_true", help="list the selected cases and exit")
     ap.add_argument("--no-report", action="store_true", help="write records only, no HTML report")
+    cg = ap.add_argument_group("corpus KL divergence (--corpus; see crossval/corpus.py)")
+    cg.add_argument("--corpus", metavar="FILE", help="KL divergence of two engines over a UTF-8 text")
+    cg.add_argument("--model", metavar="PATH", help="the GGUF both engines load (default: the tiny synthetic TQ2_0)")
+    cg.add_argument("--engines", default="llama.cpp,bitnet_ref", metavar="A,B", help="base (A) and other engine")
+    cg.add_argument("--numerics", choices=("ggml", "bitnet"), default="bitnet", help="bitnet_ref's profile")
+    cg.add_argument("--threads", type=int, default=2, help="threads of each engine (default 2)")
+    cg.add_argument("--ctx", type=int, metavar="N", help="tokens per chunk (default min(512, the model's context))")
+    cg.add_argument("--chunks", type=int, metavar="N", help="score at most N chunks (default all)")
+    cg.add_argument("--max-kld", type=float, metavar="X", help="exit 1 when the mean KLD is above X")
+    hg = ap.add_argument_group("conversion check (--hf with --gguf; see crossval/conversion.py)")
+    hg.add_argument("--hf", metavar="DIR", help="an HF BitNet checkpoint folder: with --gguf, check the conversion")
+    hg.add_argument("--gguf", metavar="FILE", help="the GGUF converted from --hf")
     return ap.parse_args(argv)
 
 
@@ -272,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     args = parse_args(argv)
+    if args.corpus:
+        from crossval import corpus
+
+        return corpus.main(args)
+    if args.hf or args.gguf:
+        from crossval import conversion
+
+        return conversion.main(args)
     console = Console(stderr=False)
     try:
         cases = select(args)

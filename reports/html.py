@@ -1,9 +1,9 @@
-"""Building the HTML reports: one page per run (crossval or bench, by RENDERERS) and an index across every run
-under out/ with history plots; build_all rebuilds either.
+"""Building the HTML reports: one page per run (crossval, bench, corpus or conversion, by RENDERERS) and an index
+across every run under out/ with history plots; build_all rebuilds either.
 
-Reads records only (reports.records); the pages are drawn by reports.crossval_report and reports.bench_report from
-the primitives in reports.page (real sortable <table> elements, PNG figures embedded as base64 with alt text), so a
-page needs no network.
+Reads records only (reports.records); the pages are drawn by reports.crossval_report, reports.bench_report and
+reports.corpus_report from the primitives in reports.page (real sortable <table> elements, PNG figures embedded as
+base64 with alt text), so a page needs no network.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import pandas as pd
 
 from reports import plots
 from reports.bench_report import REF_ENGINE, render_bench
+from reports.conversion_report import render_conversion
+from reports.corpus_report import render_corpus
 from reports.crossval_report import render_crossval
 from reports.page import figure, page, run_date, run_machine, run_sha, table
 from reports.records import RecordError, list_runs, read_run
@@ -21,7 +23,8 @@ from reports.records import RecordError, list_runs, read_run
 REPORT_FILE = "report.html"
 INDEX_FILE = "index.html"
 
-RENDERERS = {"crossval": render_crossval, "bench": render_bench}
+RENDERERS = {"crossval": render_crossval, "bench": render_bench, "corpus": render_corpus,
+             "conversion": render_conversion}
 WORST_R = "logits_r_min"  # crossval case column: the worst per-position logits Pearson r of the case
 
 
