@@ -16,7 +16,6 @@ Rows whose length is not a multiple of I2_S's 128-element block are stored as F3
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +54,7 @@ from bitnet_ref.constants import (
     GGMLType,
 )
 from bitnet_ref.errors import CheckpointError, GGUFError, ScaleError
-from bitnet_ref.files import check_readable
+from bitnet_ref.files import read_json_object
 from bitnet_ref.formats import F32, I2_S
 from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
 from bitnet_ref.hf_vocab import TOKENIZER_JSON, TOKENIZER_MODEL, read_tokenizer_json, read_tokenizer_model
@@ -276,13 +275,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def _config_json(path: Path) -> dict:
     """config.json of a BitNetForCausalLM checkpoint."""
-    check_readable(path)
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, "JSON", str(e), "a valid UTF-8 JSON document") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(path, "JSON", type(hf).__name__, "an object")
+    hf = read_json_object(path)
     archs = hf.get("architectures")
     if not isinstance(archs, list) or not set(archs) & set(ARCHITECTURES):
         raise CheckpointError(path, "architectures", archs, f"a list naming {ARCHITECTURES[0]}")

@@ -52,7 +52,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, fmt: str 
     with read_checkpoint(src) as ck, atomic_path(Path(dst)) as tmp, GGUFWriter(tmp) as w:
         types = {name: _type_of(ck, name, target, out) for name in ck.tensors}
         for key, value in ck.metadata.items():
-            w.add_kv(key, value, _value_types(key, value))
+            w.add_kv(key, value, value_types(key, value))
         w.add_kv(KEY_FILE_TYPE, int(target.FILE_TYPE), ValueType.UINT32)
         for name, info in ck.tensors.items():
             w.add_tensor(name, info.shape, types[name].TYPE)
@@ -89,8 +89,8 @@ def _encoded(ck: Checkpoint, name: str, fmt: type[formats.Format]) -> np.ndarray
     return raw
 
 
-def _value_types(key: str, value: object) -> tuple[ValueType, ...] | None:
-    """GGUF value types for the keys whose inferred type would differ from llama.cpp's converter's."""
+def value_types(key: str, value: object) -> tuple[ValueType, ...] | None:
+    """GGUF value types as llama.cpp's converter writes them (u32 ints, f32 floats, i32 token types; None: inferred)."""
     if isinstance(value, float):
         return (ValueType.FLOAT32,)
     if isinstance(value, bool):

@@ -18,8 +18,8 @@ class FileAccessError(BitnetRefError, OSError):
         self.errno = reason.errno if isinstance(reason, OSError) else None  # kept for callers that test errno
 
 
-class GGUFError(BitnetRefError, ValueError):
-    """A GGUF file is malformed or unsupported."""
+class FieldError(BitnetRefError, ValueError):
+    """A field of a model file has a value it may not have: `<path>: <field> = <value>; expected <expected>`."""
 
     def __init__(self, path: object, field: str, value: object, expected: str) -> None:
         self.path = str(path)
@@ -27,6 +27,10 @@ class GGUFError(BitnetRefError, ValueError):
         self.value = value
         self.expected = expected
         super().__init__(f"{self.path}: {field} = {value!r}; expected {expected}")
+
+
+class GGUFError(FieldError):
+    """A GGUF file is malformed or unsupported."""
 
 
 class BadMagicError(GGUFError):
@@ -93,6 +97,11 @@ class ContextOverflowError(EngineError, ValueError):
     """The prompt or the generation does not fit in the context."""
 
 
+class DeviceError(EngineError):
+    """The requested device cannot run the forward pass: no usable CUDA GPU, a simulator or CPU fallback refused by
+    BITNET_STRICT_NO_FAKE_GPU, or a numerics profile the device has no kernels for."""
+
+
 class UnsupportedFormatError(EngineError, NotImplementedError):
     """A tensor type has no kernel, or its shape breaks a kernel's assumptions."""
 
@@ -101,12 +110,5 @@ class TokenizerError(BitnetRefError, ValueError):
     """The tokenizer metadata is missing or inconsistent, or a string cannot be tokenized."""
 
 
-class CheckpointError(BitnetRefError, ValueError):
+class CheckpointError(FieldError):
     """A Hugging Face checkpoint (config.json, safetensors, tokenizer files) is malformed or unsupported."""
-
-    def __init__(self, path: object, field: str, value: object, expected: str) -> None:
-        self.path = str(path)
-        self.field = field
-        self.value = value
-        self.expected = expected
-        super().__init__(f"{self.path}: {field} = {value!r}; expected {expected}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import tempfile
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from bitnet_ref.errors import FileAccessError
+from bitnet_ref.errors import CheckpointError, FileAccessError
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -84,6 +85,19 @@ def model_identity(path: str | os.PathLike) -> dict[str, object]:
     listing = "".join(f"{p.name} {file_sha256(p)}\n" for p in files)
     return {"sha256": hashlib.sha256(listing.encode()).hexdigest(), "bytes": sum(p.stat().st_size for p in files),
             "files": [p.name for p in files]}
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a checkpoint file (config.json, tokenizer.json, an index); one-line errors when it is
+    unreadable, not UTF-8 JSON or not an object."""
+    check_readable(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, "JSON", str(e), "a valid UTF-8 JSON document") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(path, "JSON", type(value).__name__, "an object")
+    return value
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from bitnet_ref.constants import (
     TokenType,
 )
 from bitnet_ref.errors import CheckpointError
-from bitnet_ref.files import check_readable
+from bitnet_ref.files import check_readable, read_json_object
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_MODEL = "tokenizer.model"
@@ -50,12 +50,8 @@ PRE_OF_SPLIT = {LLAMA3_SPLIT: "llama-bpe"}
 
 def read_tokenizer_json(path: Path, n_vocab: int, bos_id: int | None, eos_id: int | None) -> dict[str, object]:
     """GGUF tokenizer metadata of a tokenizer.json for an embedding of n_vocab rows."""
-    check_readable(path)
-    try:
-        tj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, "JSON", str(e), "a valid UTF-8 JSON document") from None
-    model = tj.get("model") if isinstance(tj, dict) else None
+    tj = read_json_object(path)
+    model = tj.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         kind = model.get("type") if isinstance(model, dict) else model
         raise CheckpointError(path, "model.type", kind, "BPE with a vocab object (byte-level BPE)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bitnet_ref.errors import CheckpointError
-from bitnet_ref.files import check_readable
+from bitnet_ref.files import check_readable, read_json_object
 
 HEADER_LEN = struct.Struct("<Q")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
@@ -80,7 +80,7 @@ def read_safetensors(folder: Path) -> SafetensorsFiles:
 
 def _sharded(index: Path) -> dict[str, Tensor]:
     """Every tensor of the shards an index names; each name must be in the shard the index says."""
-    weight_map = _json(index).get("weight_map")
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(index, "weight_map", type(weight_map).__name__, "an object of tensor name -> shard file")
     tensors: dict[str, Tensor] = {}
@@ -95,18 +95,6 @@ def _sharded(index: Path) -> dict[str, Tensor]:
     if missing:
         raise CheckpointError(index, f"weight_map[{missing[0]!r}]", weight_map[missing[0]], "a shard that holds it")
     return tensors
-
-
-def _json(path: Path) -> dict:
-    """A JSON object from a file; one-line errors for unreadable or malformed files."""
-    check_readable(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, "JSON", str(e), "a valid UTF-8 JSON document") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(path, "JSON", type(value).__name__, "an object")
-    return value
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -114,23 +114,19 @@ def check_metadata(check: Check, ck: Checkpoint, gguf: GGUFFile, gates: dict) ->
 
 def check_tokenizer(check: Check, texts: list[str], tokenizers: dict[str, Callable[[str, bool], list[int]]]) -> None:
     """The checkpoint tokenizer's ids against every other tokenizer's, with and without BOS; the first difference."""
-    base_name, base = next(iter(tokenizers.items()))
-    for name, tok in list(tokenizers.items())[1:]:
-        for text in texts:
-            for bos in (True, False):
-                try:
-                    a, b = base(text, bos), tok(text, bos)
-                except BitnetRefError as e:
-                    check.add("tokenizer", f"{name} cannot tokenize {text[:30]!r}: {e}")
-                    return
-                if a != b:
-                    i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-                    check.add("tokenizer", f"{text[:30]!r} (bos={bos}): {name} {b[i:i + 3]} vs {base_name} "
-                                           f"{a[i:i + 3]} at index {i}")
-                    break
-            else:
-                continue
-            break
+    (base_name, base), *others = tokenizers.items()
+    for name, tok in others:
+        for text, bos in ((text, bos) for text in texts for bos in (True, False)):
+            try:
+                a, b = base(text, bos), tok(text, bos)
+            except BitnetRefError as e:
+                check.add("tokenizer", f"{name} cannot tokenize {text[:30]!r}: {str(e).splitlines()[0]}")
+                break
+            if a != b:
+                i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+                check.add("tokenizer", f"{text[:30]!r} (bos={bos}): {name} {b[i:i + 3]} vs {base_name} "
+                                       f"{a[i:i + 3]} at index {i}")
+                break
 
 
 # -- 3. weights -----------------------------------------------------------------------------------------------------

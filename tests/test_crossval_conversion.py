@@ -13,8 +13,8 @@ from hf_builders import code_flips, write_checkpoint
 
 from bitnet_ref import formats
 from bitnet_ref.checkpoint import read_checkpoint
-from bitnet_ref.constants import KEY_FILE_TYPE, KEY_HIDDEN_ACTIVATION
-from bitnet_ref.convert import convert_checkpoint
+from bitnet_ref.constants import KEY_FILE_TYPE, KEY_HIDDEN_ACTIVATION, ValueType
+from bitnet_ref.convert import convert_checkpoint, value_types
 from bitnet_ref.formats import F32, TQ2_0
 from bitnet_ref.gguf_writer import GGUFWriter
 from crossval import points as P
@@ -36,14 +36,17 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {k: write_checkpoint(root / k, layout=layout, hidden_act=act, **DIMS) for k, (layout, act) in KINDS.items()}
 
 
-def lossy_conversion(src: Path, dst: Path, *, drop_activation: bool = False, ternarize_twice: bool = False) -> Path:
+def lossy_conversion(src: Path, dst: Path, *, drop_activation: bool = False, ternarize_twice: bool = False,
+                     changed: dict | None = None) -> Path:
     """A TQ2_0 GGUF with what llama.cpp's converter loses: no hidden_activation key, and/or every BitLinear's scale
-    multiplied by its fraction of non-zero codes (packed codes ternarized again: mean|T·s| = s·frac)."""
+    multiplied by its fraction of non-zero codes (packed codes ternarized again: mean|T·s| = s·frac); `changed`
+    replaces metadata values."""
     with read_checkpoint(src) as ck, GGUFWriter(dst) as w:
         for key, value in ck.metadata.items():
             if not (drop_activation and key == KEY_HIDDEN_ACTIVATION.format(arch="bitnet")):
-                w.add_kv(key, value)
-        w.add_kv(KEY_FILE_TYPE, int(TQ2_0.FILE_TYPE))
+                value = (changed or {}).get(key, value)
+                w.add_kv(key, value, value_types(key, value))
+        w.add_kv(KEY_FILE_TYPE, int(TQ2_0.FILE_TYPE), ValueType.UINT32)
         for name, info in ck.tensors.items():
             w.add_tensor(name, info.shape, TQ2_0.TYPE if name in ck.bitlinears else F32.TYPE)
         w.write_header()
@@ -63,6 +66,7 @@ def run_check(hf: Path, gguf: Path, out: Path) -> tuple[int, dict, dict]:
     run_dir = next((out / "conversion").iterdir())
     meta, tables = read_run(run_dir)
     assert (run_dir / "report.html").is_file()
+    assert not [f for f in meta["findings"] if f["stage"] == "engines"], meta["findings"]  # every engine answered
     return rc, meta, tables
 
 
@@ -105,6 +109,18 @@ def test_packed_weights_ternarized_twice_fail_with_their_scale_ratio(checkpoints
     assert rc == 1 and f"attn_q of layer 0: GGUF scale = {frac:.3f} × checkpoint scale" in texts
     assert "and 6 more tensors" in texts  # 14 BitLinears: 8 named, 6 more
     assert any("bitnet_ref[gguf] parts from the checkpoint's model at layer 0" in t for t in texts)
+
+
+def test_wrong_rope_base_and_pre_tokenizer_are_named(checkpoints, tmp_path):
+    src = checkpoints["online-silu"]
+    gguf = lossy_conversion(src, tmp_path / "m.gguf", changed={"bitnet.rope.freq_base": 500000.0,
+                                                               "tokenizer.ggml.pre": "gpt-2"})
+    rc, meta, _ = run_check(src, gguf, tmp_path / "out")
+    texts = [f["finding"] for f in meta["findings"]]
+    assert rc == 1 and "rope_theta 10000.0 in config.json, rope.freq_base 500000.0 in the GGUF" in texts
+    tok = [t for f, t in zip(meta["findings"], texts, strict=True) if f["stage"] == "tokenizer"]
+    assert any("bitnet_ref[gguf]" in t for t in tok) and any("llama.cpp" in t for t in tok)
+    assert not any("transformers" in t for t in tok)  # it reads the checkpoint's own tokenizer.json
 
 
 def test_missing_gguf_is_one_line(checkpoints, tmp_path, capsys):
