@@ -22,6 +22,7 @@ from transformers.integrations.bitnet import pack_weights
 from bitnet_ref.gguf_reader import read_gguf
 
 VOCAB_GGUF = Path(__file__).parent / "fixtures" / "vocab" / "ggml-vocab-llama-bpe.gguf"
+SPM_GGUF = VOCAB_GGUF.with_name("ggml-vocab-llama-spm.gguf")
 SMALL_VOCAB = 2048  # ordinary tokens that vocab="small" keeps; the 256 control tokens follow them
 TOKEN_TYPE_CONTROL = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 # The pre-tokenizer split of Meta's Llama 3 tokenizer.json (llama.cpp's `llama-bpe` pre-tokenizer).
@@ -45,7 +46,9 @@ def write_checkpoint(out_dir: str | Path, *, layout: str = "online", hidden_act:
 
     layout: "online" (float masters, autobitlinear online), "packed" (2B-4T: uint8 codes, weight_scale = 1/m that
     BitLinear divides by) or "packed-autobitlinear" (uint8 codes, weight_scale = m that AutoBitLinear multiplies by).
-    vocab: "llama-bpe" (128256 tokens) or "small" (its first SMALL_VOCAB tokens and the control tokens).
+    vocab: "llama-bpe" (128256 tokens), "small" (its first SMALL_VOCAB tokens and the control tokens), or "llama-spm"
+    (the 32000 sentencepiece pieces of SPM_GGUF as tokenizer.model, the kind llama.cpp's BitNet converter reads, with
+    the tokenizer.json transformers makes of it).
     shards > 1 asks save_pretrained for about that many files (model-0000N-of-0000M.safetensors + index).
     """
     if layout not in QUANT_CONFIGS:
@@ -64,7 +67,10 @@ def write_checkpoint(out_dir: str | Path, *, layout: str = "online", hidden_act:
     model.save_pretrained(out, max_shard_size=_shard_bytes(model, shards))
     if layout != "online":
         pack_checkpoint(out, scale_divides=layout == "packed")
-    write_tokenizer(out, tokens, merges, specials, bos, eos)
+    if vocab == "llama-spm":
+        write_spm_tokenizer(out)
+    else:
+        write_tokenizer(out, tokens, merges, specials, bos, eos)
     return out
 
 
@@ -125,11 +131,11 @@ def _shard_bytes(model: torch.nn.Module, shards: int) -> int:
 def read_vocab(vocab: str) -> tuple[list[str], list[tuple[str, str]], list[str], tuple[int, int]]:
     """(tokens, merges, control tokens, (bos, eos)) of the llama-bpe fixture, or of its "small" cut: the first
     SMALL_VOCAB tokens, the merges among them, then the control tokens renumbered after them."""
-    if vocab not in ("llama-bpe", "small"):
-        raise ValueError(f"vocab {vocab!r} is not 'llama-bpe' or 'small'")
-    with read_gguf(VOCAB_GGUF) as gguf:
+    if vocab not in ("llama-bpe", "small", "llama-spm"):
+        raise ValueError(f"vocab {vocab!r} is not 'llama-bpe', 'small' or 'llama-spm'")
+    with read_gguf(SPM_GGUF if vocab == "llama-spm" else VOCAB_GGUF) as gguf:
         tokens = list(gguf.get("tokenizer.ggml.tokens"))
-        merges = [tuple(m.split(" ", 1)) for m in gguf.get("tokenizer.ggml.merges")]
+        merges = [tuple(m.split(" ", 1)) for m in gguf.get("tokenizer.ggml.merges", [])]
         types = list(gguf.get("tokenizer.ggml.token_type"))
         bos, eos = int(gguf.get("tokenizer.ggml.bos_token_id")), int(gguf.get("tokenizer.ggml.eos_token_id"))
     control = [i for i, t in enumerate(types) if t == TOKEN_TYPE_CONTROL]
@@ -221,3 +227,13 @@ def write_tokenizer_model(out: Path, vocab_gguf: Path) -> Path:
     proto += _field(2, trainer) + _field(3, _field(1, b"identity") + _field(3, 1))
     (out / "tokenizer.model").write_bytes(proto)
     return out / "tokenizer.model"
+
+
+def write_spm_tokenizer(out: Path) -> None:
+    """tokenizer.model of SPM_GGUF's vocabulary, and the tokenizer.json and tokenizer_config.json transformers' own
+    LlamaTokenizer makes of it (with sentencepiece and protobuf)."""
+    from transformers import LlamaTokenizer
+
+    write_tokenizer_model(out, SPM_GGUF)
+    LlamaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
+

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hf_builders import VOCAB_GGUF, write_checkpoint, write_tokenizer_model
+from hf_builders import SPM_GGUF, VOCAB_GGUF, write_checkpoint, write_tokenizer_model
 from safetensors.numpy import load_file, save_file
 
 from bitnet_ref import formats
@@ -306,7 +306,6 @@ def test_cli_on_folders(online, tmp_path, capsys):
 
 # -- tokenizer.model -----------------------------------------------------------------------------------------------
 
-SPM_GGUF = VOCAB_GGUF.with_name("ggml-vocab-llama-spm.gguf")
 
 
 def test_tokenizer_model_reads_like_the_gguf_and_sentencepiece(tmp_path):

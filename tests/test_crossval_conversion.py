@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import llama_converter
 import numpy as np
 import pytest
 from hf_builders import code_flips, write_checkpoint
@@ -151,3 +152,43 @@ def test_engine_on_checkpoint_equals_transformers(checkpoints, kind, prompt):
     else:
         rel = np.abs(a - b).max(axis=1) / np.sqrt((b.astype(np.float64) ** 2).mean(axis=1))
         assert rel.max() <= 1e-3, f"{kind}: max|Δ|/rms {rel.max():.2e} at position {int(rel.argmax())}"
+
+
+# -- llama.cpp's own converter -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spm_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints with a sentencepiece vocabulary (tokenizer.model), which llama.cpp's BitNet converter requires."""
+    root = tmp_path_factory.mktemp("spm")
+    return {k: write_checkpoint(root / k, layout=layout, hidden_act=act, **{**DIMS, "vocab": "llama-spm"})
+            for k, (layout, act) in (("online-silu", ("online", "silu")), ("packed-relu2", ("packed", "relu2")))}
+
+
+def test_llama_cpp_converter_stops_on_transformers_names(spm_checkpoints, tmp_path):
+    done = llama_converter.convert(spm_checkpoints["online-silu"], tmp_path / "m.gguf")
+    assert done.returncode != 0 and "Can not map tensor 'model.layers.0." in done.stderr
+
+
+def test_llama_cpp_converter_on_an_online_silu_checkpoint_is_faithful(spm_checkpoints, tmp_path):
+    src = spm_checkpoints["online-silu"]
+    done = llama_converter.convert(llama_converter.with_1bitllm_names(src, tmp_path / "in"), tmp_path / "m.gguf")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rc, meta, tables = run_check(src, tmp_path / "m.gguf", tmp_path / "out")
+    assert rc == 0 and meta["verdict"] == "pass", meta["findings"]
+    assert all(f["expected"] == "tokenizer-implementations" for f in meta["findings"])
+    assert (tables["weights"].query("kind == 'bitlinear'")["code_agreement"] == 1).all()
+
+
+def test_llama_cpp_converter_loses_a_packed_relu2_checkpoints_activation_and_scales(spm_checkpoints, tmp_path):
+    src = spm_checkpoints["packed-relu2"]
+    lazy = llama_converter.convert(llama_converter.with_1bitllm_names(src, tmp_path / "in"), tmp_path / "lazy.gguf")
+    assert lazy.returncode != 0 and "is not on the expected device meta" in lazy.stderr  # its default mode crashes
+    done = llama_converter.convert(tmp_path / "in", tmp_path / "m.gguf", no_lazy=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rc, meta, _ = run_check(src, tmp_path / "m.gguf", tmp_path / "out")
+    texts = [f["finding"] for f in meta["findings"] if not f["expected"]]
+    with read_checkpoint(src) as ck:
+        t, _ = ck.ternary("blk.0.attn_q.weight")
+    assert rc == 1 and "hidden_act relu2 in config.json, no hidden_activation in the GGUF: llama.cpp runs SiLU" in texts
+    assert f"attn_q of layer 0: GGUF scale = {np.mean(t != 0):.3f} × checkpoint scale" in texts
