@@ -39,6 +39,7 @@ class EngineSpec:
     backend: str  # "bitnet_ref" | "llama.cpp"
     flash_attn: str | None = None  # llama.cpp: "auto" (its default, fastest) | "off" (the crossval configuration)
     numerics: str | None = None  # bitnet_ref: a profile of bitnet_ref.numerics.PROFILES; None for llama.cpp
+    device: str = "cpu"  # bitnet_ref: "cpu" or "cuda" (bitnet_ref.device); llama.cpp runs on the CPU
 
 
 ENGINES = {
@@ -54,18 +55,22 @@ def is_ref(name: str) -> bool:
     return name == REF or (name.startswith(REF + "[") and name.endswith("]"))
 
 
-def ref_engines(profiles: Sequence[str]) -> list[EngineSpec]:
-    """bitnet_ref once per numerics profile: named 'bitnet_ref' when there is one (old records keep their name),
-    'bitnet_ref[<profile>]' when there are several."""
+def ref_engines(profiles: Sequence[str], device: str = "cpu") -> list[EngineSpec]:
+    """bitnet_ref once per numerics profile: named 'bitnet_ref' when there is one on the CPU (old records keep their
+    name), 'bitnet_ref[<profile>]' when there are several, 'bitnet_ref[<profile>@<device>]' off the CPU."""
+    if device != "cpu":
+        return [EngineSpec(f"{REF}[{p}@{device}]", REF, numerics=p, device=device) for p in profiles]
     if len(profiles) == 1:
         return [EngineSpec(REF, REF, numerics=profiles[0])]
     return [EngineSpec(f"{REF}[{p}]", REF, numerics=p) for p in profiles]
 
 
 def engine_spec(name: str) -> EngineSpec:
-    """The EngineSpec behind an engine name of the records ('bitnet_ref[<profile>]' carries its profile)."""
+    """The EngineSpec behind an engine name of the records ('bitnet_ref[<profile>]' or
+    'bitnet_ref[<profile>@<device>]' carries its profile and device)."""
     if name not in ENGINES and is_ref(name):
-        return EngineSpec(name, REF, numerics=name[len(REF) + 1 : -1])
+        profile, _, device = name[len(REF) + 1 : -1].partition("@")
+        return EngineSpec(name, REF, numerics=profile, device=device or "cpu")
     return ENGINES[name]
 
 
@@ -116,6 +121,7 @@ class Settings:
     gen_tokens: int = 128
     engines: tuple[str, ...] = ENGINE_NAMES
     numerics: tuple[str, ...] = ("ggml",)  # bitnet_ref runs once per profile, as engines of their own
+    device: str = "cpu"  # where bitnet_ref runs (a resolved bitnet_ref.device name)
     extra_bufts: bool = True  # llama.cpp's extra buffer types (CPU_REPACK, AMX): on, as people run it
     ref_threads: int | None = None  # override bitnet_ref's threads only (e.g. to plant a slowdown)
     seed: int = 0
@@ -123,7 +129,8 @@ class Settings:
 
     def engine_specs(self) -> list[EngineSpec]:
         """The engines in the order they alternate: each of `engines`, bitnet_ref expanded to one per profile."""
-        return [s for name in self.engines for s in (ref_engines(self.numerics) if name == REF else [ENGINES[name]])]
+        return [s for name in self.engines
+                for s in (ref_engines(self.numerics, self.device) if name == REF else [ENGINES[name]])]
 
     def steps(self, n_phases: int) -> int:
         """Steps of one case at one thread count: each engine's load, then its warm-up and repetitions of every

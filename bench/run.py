@@ -29,7 +29,9 @@ from bench import cases as C
 from bench import roofline
 from bench import stats as S
 from bench.worker import EngineError, Worker, kernel_host, llama_system_info
-from bitnet_ref.errors import BitnetRefError, ConfigError
+from bitnet_ref import cuda
+from bitnet_ref.device import DEVICES, resolve_device
+from bitnet_ref.errors import BitnetRefError, ConfigError, DeviceError
 
 BANDWIDTH_STEPS = 2  # the streaming read bandwidth, measured at the start and at the end of a run
 ETA_WINDOW_S = 24 * 3600.0  # the time left is estimated from every step so far (steps differ a lot in length)
@@ -359,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default=",".join(C.ENGINE_NAMES), help=f"{C.ENGINE_NAMES} or 'all'")
     p.add_argument("--numerics", default="ggml",
                    help="bitnet_ref numerics profiles, e.g. ggml,bitnet: one engine each (default ggml)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where bitnet_ref runs: cpu, cuda (the bitnet profile only) or auto (cuda when a GPU is "
+                        "usable, else cpu; default cpu)")
     p.add_argument("--ref-threads", type=int, default=None, help="give bitnet_ref this many threads instead")
     p.add_argument("--extra-bufts", action=argparse.BooleanOptionalAction, default=True,
                    help="llama.cpp's extra buffer types (CPU_REPACK, AMX) for the weights, as llama.cpp runs by "
@@ -384,11 +389,15 @@ def _profiles(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def settings_from(args: argparse.Namespace) -> C.Settings:
-    """Settings from parsed options."""
+def settings_from(args: argparse.Namespace, device: str = "cpu") -> C.Settings:
+    """Settings from parsed options, bitnet_ref on `device` (the resolved --device)."""
+    numerics = _profiles(args.numerics)
+    if device != "cpu" and numerics != (cuda.PROFILE,):
+        raise argparse.ArgumentTypeError(f"--device {args.device} runs the {cuda.PROFILE} profile only; "
+                                         f"got --numerics {args.numerics} (use --numerics {cuda.PROFILE})")
     return C.Settings(threads=_ints(args.threads), reps=args.reps, prompt_tokens=_ints(args.prompt),
                       gen_tokens=args.gen, engines=_names(args.engines, C.ENGINE_NAMES, "engines"),
-                      numerics=_profiles(args.numerics), extra_bufts=args.extra_bufts, ref_threads=args.ref_threads,
+                      numerics=numerics, device=device, extra_bufts=args.extra_bufts, ref_threads=args.ref_threads,
                       bandwidth_bytes=args.bandwidth_mb << 20)
 
 
@@ -439,15 +448,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     out_root = Path(args.out)
     try:
-        settings = settings_from(args)
+        device = resolve_device(args.device)
+        settings = settings_from(args, device.name)
         models = ("tiny",) if args.quick else _names(args.models, C.PRESETS, "models")
         fmts = _names(args.formats, C.FORMATS, "formats")
         baseline = resolve_baseline(args.baseline, out_root) if args.baseline else None
-    except ConfigError as err:  # a path that is not there: one line, like every other subcommand
+    except (ConfigError, DeviceError) as err:  # a path that is not there, no GPU: one line, like every subcommand
         console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 1
     except (argparse.ArgumentTypeError, ValueError) as err:
         ap.error(str(err))
+    if args.device != "cpu":
+        console.print(f"bitnet_ref on {device}: {device.reason}", markup=False, soft_wrap=True)
     with Reporter(console) as progress:
         progress.say("building models")
         try:

@@ -30,7 +30,7 @@ def _open_backend(engine: EngineSpec, path: str, n_threads: int, n_ctx: int, ext
     if engine.backend == REF:
         from crossval.backends import BitnetRefBackend
 
-        return BitnetRefBackend(path, numerics=engine.numerics, n_threads=n_threads, n_ctx=n_ctx)
+        return BitnetRefBackend(path, numerics=engine.numerics, n_threads=n_threads, n_ctx=n_ctx, device=engine.device)
     from crossval.llama_cpp_backend import LlamaCppBackend
 
     backend = LlamaCppBackend(path, n_threads=n_threads, n_ctx=n_ctx, flash_attn=False, extra_bufts=extra_bufts,

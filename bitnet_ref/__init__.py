@@ -15,8 +15,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "bitnet_ref.errors": ("BitnetRefError", "ConfigError", "ContextOverflowError", "EngineError", "FileAccessError",
-                          "FormatError", "GGUFError", "TokenizerError", "TokenRangeError", "UnsupportedFormatError"),
+    "bitnet_ref.device": ("Device", "resolve_device"),
+    "bitnet_ref.errors": ("BitnetRefError", "ConfigError", "ContextOverflowError", "DeviceError", "EngineError",
+                          "FileAccessError", "FormatError", "GGUFError", "TokenizerError", "TokenRangeError",
+                          "UnsupportedFormatError"),
     "bitnet_ref.generate": ("GenerationResult", "TokenEvent", "generate", "generate_all"),
     "bitnet_ref.gguf_reader": ("GGUFFile", "read_gguf"),
     "bitnet_ref.model": ("Model", "load_model"),

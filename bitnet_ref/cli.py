@@ -39,6 +39,7 @@ from bitnet_ref.constants import (
 )
 from bitnet_ref.convert import FORMATS as CONVERT_FORMATS
 from bitnet_ref.convert import convert_checkpoint
+from bitnet_ref.device import DEVICES
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.generate import GenerationResult, generate, warmup
 from bitnet_ref.gguf_reader import GGUFFile
@@ -318,6 +319,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--numerics", choices=sorted(PROFILES), default="bitnet", help="numerics profile (default bitnet)")
     p.add_argument("--ffn-act", choices=FFN_ACTS, default=None, help="override the FFN activation")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu, cuda (a CUDA GPU; the bitnet profile) or auto (the GPU if there is one) (default cpu)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     add_layout_arguments(p)
 
@@ -340,6 +343,7 @@ def run_generate(args: argparse.Namespace, console: Console) -> int:
         ffn_act=args.ffn_act,
         i2s_layout=args.i2s_layout,
         kernel_config=args.kernel_config,
+        device=args.device,
     )
     tokenizer = Tokenizer.from_gguf(model.gguf)
     sampler = SamplerConfig(
@@ -353,7 +357,8 @@ def run_generate(args: argparse.Namespace, console: Console) -> int:
     err = Console(stderr=True, highlight=False)
     err.print(
         f"[dim]{model.numerics} · ffn_act {model.config.ffn_act} ({model.config.ffn_act_source}) · "
-        f"threads {args.threads} · seed {seed} · {sampler.describe()} · {model.layout}[/]",
+        f"threads {args.threads} · seed {seed} · {sampler.describe()} · {model.layout} · device {model.device} "
+        f"({model.device.reason})[/]",
         soft_wrap=True,
     )
     compile_s = warmup(model)

@@ -37,6 +37,7 @@ from bitnet_ref.constants import (
     TENSOR_TOKEN_EMBD,
     GGMLType,
 )
+from bitnet_ref.device import CPU_DEVICE, Device, resolve_device
 from bitnet_ref.errors import (
     ConfigError,
     ContextOverflowError,
@@ -230,6 +231,7 @@ class Model:
     path: Path
     gguf: GGUFFile = field(repr=False)
     layout: Layout = field(default_factory=Layout)  # how byte orders the file does not record were read
+    device: Device = CPU_DEVICE  # where forward runs (bitnet_ref.device); the CPU for this class
 
     def __post_init__(self) -> None:
         c = self.config
@@ -288,6 +290,7 @@ class Model:
             "linear_types": types,
             "kernel_isa": ternary.kernel_isa(),
             "layout": self.layout.describe(),  # the ternary kernels run with their default isa (fixed at import)
+            "device": self.device.describe(),
             **({"checkpoint": self.gguf.describe()} if isinstance(self.gguf, Checkpoint) else {}),
         }
 
@@ -454,12 +457,19 @@ def load_model(
     n_ubatch: int = N_UBATCH,
     i2s_layout: str = "x86",
     kernel_config: str | Path | None = None,
+    device: str = "cpu",
 ) -> Model:
     """Open a GGUF or an HF checkpoint folder (checkpoint.py) and build a Model; ffn_act overrides the file's (and the
     profile's) FFN activation. What a GGUF does not record is the caller's to say (layout.py): `i2s_layout` "x86" or
     "arm", and for TL1/TL2 tensors the bitnet.cpp `kernel_config` file of their tilings (default: the
-    `<stem>.kernel_config.ini` beside the file)."""
+    `<stem>.kernel_config.ini` beside the file). `device` "cpu", "cuda" or "auto" (bitnet_ref.device): on a CUDA
+    device the result is a bitnet_ref.cuda CudaModel (the `bitnet` profile only; DeviceError otherwise)."""
     nm = resolve(numerics)
+    dev = resolve_device(device)
+    if dev.name == "cuda":
+        from bitnet_ref.cuda import check_numerics
+
+        check_numerics(nm)
     gguf = read_model_file(path)
     if isinstance(gguf, Checkpoint) and (i2s_layout != "x86" or kernel_config is not None):
         raise EngineError(f"{path}: an HF checkpoint has no I2_S layout or TL tiling to choose "
@@ -476,8 +486,12 @@ def load_model(
             f"n_threads {n_threads} exceeds numba's thread pool ({numba.config.NUMBA_NUM_THREADS}; "
             "set NUMBA_NUM_THREADS before the first import of numba to raise it)"
         )
+    if dev.name == "cuda":
+        from bitnet_ref.cuda.forward import CudaModel  # numba.cuda is imported only when the GPU is asked for
+
+        return CudaModel.create(config, nm, n_threads, weights, ctx, n_ubatch, Path(path), gguf, layout, dev)
     kv = KVCache(config.n_layer, ctx, config.n_embd_kv, nm.kv_dtype, nm.attention == "blocked")
-    return Model(config, nm, n_threads, weights, kv, RunState(config, n_ubatch), Path(path), gguf, layout)
+    return Model(config, nm, n_threads, weights, kv, RunState(config, n_ubatch), Path(path), gguf, layout, dev)
 
 
 

@@ -57,14 +57,14 @@ class BitnetRefBackend:
     name = "bitnet_ref"
 
     def __init__(self, path: str | Path, *, numerics: object = "ggml", n_threads: int = 2, ffn_act: str | None = None,
-                 n_ctx: int | None = None, i2s_layout: str = "x86"):
+                 n_ctx: int | None = None, i2s_layout: str = "x86", device: str = "cpu"):
         from bitnet_ref.model import load_model
         from bitnet_ref.tokenizer import Tokenizer
 
         self.path = Path(path)
         try:
             self.model = load_model(self.path, numerics=numerics, n_threads=n_threads, ffn_act=ffn_act, n_ctx=n_ctx,
-                                    n_ubatch=n_ctx or N_UBATCH_DEFAULT, i2s_layout=i2s_layout)
+                                    n_ubatch=n_ctx or N_UBATCH_DEFAULT, i2s_layout=i2s_layout, device=device)
             self.tokenizer = Tokenizer.from_gguf(self.model.gguf)
         except BitnetRefError as exc:
             raise BackendError(f"bitnet_ref cannot load {self.path}: {exc}") from exc

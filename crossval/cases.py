@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from bitnet_ref import cuda
 from bitnet_ref.constants import ARCH_BITNET, ARCH_BITNET_B158, KEY_ARCHITECTURE
 from bitnet_ref.formats import BF16, F16, F32, I2_S, I2_S_ARM, IQ2_S, Q8_0, TL1, TL2, TQ1_0, TQ2_0
 from bitnet_ref.synth import FORMATS as SYNTH_FORMATS
@@ -69,13 +70,16 @@ class Case:
     user_path: str | None = None
     flash_attn: bool = False
     n_greedy: int = N_GREEDY
+    device: str = "cpu"  # where bitnet_ref runs (bitnet_ref.device); the reference is llama.cpp on the CPU
 
     @property
     def id(self) -> str:
-        """Readable unique id, e.g. tiny-tq2_0-hello-ggml-t2 (arch appended when not bitnet)."""
+        """Readable unique id, e.g. tiny-tq2_0-hello-ggml-t2 (arch appended when not bitnet, the device when not the
+        CPU)."""
         arch = "" if self.arch == ARCH_BITNET else f"-{self.arch}"
         fa = "-fa" if self.flash_attn else ""
-        return f"{self.preset}{arch}-{self.fmt}-{self.prompt}-{self.profile}-t{self.threads}{fa}"
+        device = "" if self.device == "cpu" else f"-{self.device}"
+        return f"{self.preset}{arch}-{self.fmt}-{self.prompt}-{self.profile}-t{self.threads}{fa}{device}"
 
     @property
     def group(self) -> str:
@@ -86,7 +90,7 @@ class Case:
     def model_key(self) -> tuple:
         """Cases with the same key share loaded backends."""
         return (self.preset, self.fmt, self.arch, self.seed, self.user_path, self.profile, self.threads,
-                self.flash_attn)
+                self.flash_attn, self.device)
 
     @property
     def i2s_layout(self) -> str:
@@ -156,6 +160,14 @@ def matrix(
     if user_model:
         cases += user_cases(user_model, i2s_layout=user_i2s_layout)
     return cases
+
+
+def on_device(cases: list[Case], device: str) -> list[Case]:
+    """The cases bitnet_ref can run on `device` ("cpu" or "cuda"), moved there: the GPU runs the bitnet profile on
+    TQ2_0, TQ1_0 and I2_S (x86) weights (bitnet_ref.cuda)."""
+    if device == "cpu":
+        return cases
+    return [replace(c, device=device) for c in cases if c.profile == cuda.PROFILE and c.fmt in cuda.FORMATS]
 
 
 def engine_model(case: Case) -> Path:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bitnet_ref import cuda
+from bitnet_ref.device import DEVICES, resolve_device
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.files import file_sha256
 from bitnet_ref.formats import IQ2_S, TL1, TL2
@@ -124,7 +126,7 @@ class Backends:
                 build = ReferenceBuild.from_system_info(ref_desc.get("system_info", ""))
                 ref_desc["build"] = build.describe()
                 engine = BitnetRefBackend(epath, numerics=engine_numerics(case, build), n_threads=case.threads,
-                                          n_ctx=n_ctx, i2s_layout=case.i2s_layout)
+                                          n_ctx=n_ctx, i2s_layout=case.i2s_layout, device=case.device)
             except BaseException:
                 ref.close()
                 raise
@@ -229,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          f"(default {REF_TIMEOUT_S:.0f})")
     ap.add_argument("--i2s-layout", choices=("x86", "arm"), default="x86",
                     help="the I2_S layout of a BITNET_GGUF model (a GGUF does not record it; default x86)")
+    ap.add_argument("--device", choices=DEVICES, default="cpu",
+                    help="where bitnet_ref runs: cpu, cuda (the bitnet profile's TQ2_0/TQ1_0/I2_S cases only) or auto "
+                         "(cuda when a GPU is usable, else cpu; default cpu)")
     ap.add_argument("--list", action="store_true", help="list the selected cases and exit")
     ap.add_argument("--no-report", action="store_true", help="write records only, no HTML report")
     cg = ap.add_argument_group("corpus KL divergence (--corpus; see crossval/corpus.py)")
@@ -246,11 +251,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def select(args: argparse.Namespace) -> list[C.Case]:
-    """The cases the options select."""
+def select(args: argparse.Namespace, device: str = "cpu") -> list[C.Case]:
+    """The cases the options select, with bitnet_ref on `device` (the resolved --device)."""
     cases = C.matrix(quick=args.quick, with_2b4t=args.with_2b4t, user_i2s_layout=args.i2s_layout)
     if args.flash_attn:
         cases = [dataclasses.replace(c, flash_attn=True) for c in cases]
+    cases = C.on_device(cases, device)
     wanted = [f for f in args.filter.split(",") if f] or [""]
     return [c for c in cases if any(f in c.id for f in wanted)]
 
@@ -294,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return conversion.main(args)
     console = Console(stderr=False)
     try:
-        cases = select(args)
+        device = resolve_device(args.device)
+        cases = select(args, device.name)
         th = load_thresholds(args.thresholds)
     except BitnetRefError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -306,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         console.print(f"[bold red]no case matches --filter {args.filter!r}[/] (see --list)")
         return 2
+    if args.device != "cpu":
+        console.print(f"bitnet_ref on {device}: {device.reason}", markup=False, soft_wrap=True)
+    if device.name != "cpu":
+        console.print(f"the GPU runs the {cuda.PROFILE} profile on {', '.join(cuda.FORMATS)} weights: only those "
+                      "cases are selected", markup=False, soft_wrap=True)
     reference = Reference(args.reference, args.extra_bufts, args.ref_timeout)
     recorder = Recorder(args.out, th, vars(args), len(cases))
     console.print(f"records: {recorder.run.path} (written as cases finish)")

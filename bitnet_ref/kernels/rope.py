@@ -66,3 +66,15 @@ def inv_freq(base: float, n_rot: int) -> np.ndarray:
     """HF's inv_freq = 1 / base^(2i/n_rot), i < n_rot/2, computed in f32 like torch."""
     exponents = np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot)
     return (np.float32(1.0) / np.power(np.float32(base), exponents, dtype=np.float32)).astype(np.float32)
+
+
+@njit(cache=True)
+def direct_tables(inv_freq, cos_out, sin_out):
+    """cos_out[p, i], sin_out[p, i] = cosf, sinf of f32(p · inv_freq[i]) for every position p < cos_out.shape[0]:
+    neox_direct's angles and libm values as a table (the CUDA engine's RoPE reads it)."""
+    for p in range(cos_out.shape[0]):
+        pf = np.float32(p)
+        for i in range(inv_freq.shape[0]):
+            angle = pf * inv_freq[i]
+            cos_out[p, i] = cosf(angle)
+            sin_out[p, i] = sinf(angle)
