@@ -143,25 +143,7 @@ class CudaModel(Model):
         state = DeviceState(config, n_ubatch, n_ctx)
         return cls(config, numerics, n_threads, weights, kv, state, path, gguf, layout, device, upload_weights(weights))
 
-    # -- public API ----------------------------------------------------------------------------------------------------
-
-    def forward(
-        self, tokens: np.ndarray, start_pos: int, all_logits: bool = True, trace: Trace | None = None
-    ) -> np.ndarray:
-        """Logits (T, n_vocab) for every token, or (1, n_vocab) for the last; appends the tokens to the KV cache."""
-        tokens = self._checked(tokens, start_pos)
-        self.kv.truncate(start_pos)
-        rows = []
-        T = len(tokens)
-        for lo in range(0, T, self.state.n_ubatch):
-            chunk = tokens[lo : lo + self.state.n_ubatch]
-            last_chunk = lo + len(chunk) == T
-            want = "all" if all_logits else ("last" if last_chunk else "none")
-            logits = self._ubatch(chunk, start_pos + lo, want, trace)
-            self.kv.n_past = start_pos + lo + len(chunk)
-            if logits is not None:
-                rows.append(logits)
-        return np.concatenate(rows, axis=0)
+    # -- public API (forward is Model's: it runs this class's _ubatch) ------------------------------------------------
 
     def describe(self) -> dict:
         """Model.describe with the device and the CUDA kernels instead of the CPU ISA."""
