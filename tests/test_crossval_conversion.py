@@ -192,3 +192,19 @@ def test_llama_cpp_converter_loses_a_packed_relu2_checkpoints_activation_and_sca
         t, _ = ck.ternary("blk.0.attn_q.weight")
     assert rc == 1 and "hidden_act relu2 in config.json, no hidden_activation in the GGUF: llama.cpp runs SiLU" in texts
     assert f"attn_q of layer 0: GGUF scale = {np.mean(t != 0):.3f} × checkpoint scale" in texts
+
+
+def test_corpus_mode_on_a_checkpoint_against_transformers(checkpoints, tmp_path):
+    """`crossval --corpus` with transformers as the base and bitnet_ref on the same checkpoint folder: the same model
+    twice, so KLD is tiny and the top token nearly always the same; the folder is identified by its files."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join([PROMPTS["mixed"], PROMPTS["hello"]] * 12), encoding="utf-8")
+    src = checkpoints["online-silu"]
+    status = crossval_run.main(["--corpus", str(corpus), "--model", str(src), "--engines", "transformers,bitnet_ref",
+                                "--ctx", "64", "--chunks", "2", "--out", str(tmp_path / "out"), "--no-report"])
+    run_dir = next((tmp_path / "out" / "corpus").iterdir())
+    meta, tables = read_run(run_dir)
+    assert status == 0 and meta["engines"] == {"base": "transformers", "other": "bitnet_ref[bitnet]"}
+    assert meta["model"]["files"] == sorted(p.name for p in src.iterdir()) and len(meta["model"]["sha256"]) == 64
+    s = tables["summary"].set_index("stat")["value"]
+    assert s["kld_mean"] < 1e-3 and s["same_top"] > 95 and len(tables["tokens"]) == 2 * (64 - 1 - 32)
