@@ -189,10 +189,10 @@ def config(path: Path) -> object:
 
 def case_info(case: Case) -> dict:
     """A case for run.json: its files (path, bytes, sha256) and the model's configuration."""
-    from bitnet_ref.files import file_sha256
+    from bitnet_ref.files import model_identity
 
     paths = dict.fromkeys((case.path, case.llama_path))
-    files = {str(p): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths}
+    files = {str(p): model_identity(p) for p in paths}
     return {"case": case.name, "path": str(case.path), "llama_path": str(case.llama_path), "files": files,
             "config": config(case.path).describe()}
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitnet_ref import formats
 from bitnet_ref.constants import (
     ARCH_BITNET,
     KEY_ARCHITECTURE,
@@ -55,7 +56,7 @@ from bitnet_ref.constants import (
 )
 from bitnet_ref.errors import CheckpointError, GGUFError, ScaleError
 from bitnet_ref.files import read_json_object
-from bitnet_ref.formats import F32, I2_S
+from bitnet_ref.formats import BF16, F32, I2_S
 from bitnet_ref.gguf_reader import GGUFFile, TensorInfo, read_gguf
 from bitnet_ref.hf_vocab import TOKENIZER_JSON, TOKENIZER_MODEL, read_tokenizer_json, read_tokenizer_model
 from bitnet_ref.safetensors import SafetensorsFiles, read_safetensors
@@ -149,11 +150,8 @@ class Checkpoint:
         if name not in self.bitlinears:
             return self.files.array(self.names[name]).reshape(-1).view(np.uint8)
         if name not in self._bytes:
-            t, scale = self.ternary(name)
-            if self.tensors[name].type == GGMLType.I2_S:
-                self._bytes[name] = I2_S.encode_ternary(t, scale)
-            else:
-                self._bytes[name] = (t.astype(np.float32) * np.float32(scale)).reshape(-1).view(np.uint8)
+            fmt = formats.get(self.tensors[name].type)
+            self._bytes[name] = formats.encode_ternary_weight(fmt, *self.ternary(name))
         return self._bytes[name]
 
     def ternary(self, name: str) -> tuple[np.ndarray, float]:
@@ -229,9 +227,9 @@ def _is_bitlinear(hf_name: str) -> bool:
 
 
 def _as_f32(a: np.ndarray, dtype: str) -> np.ndarray:
-    """A stored float array as f32 (BF16 bits widened exactly)."""
+    """A stored float array as f32 (BF16 bits widened exactly, by the BF16 format's decode)."""
     if dtype == "BF16":
-        return (a.astype(np.uint32) << 16).view(np.float32)
+        return BF16.decode_blocks(a)
     return a.astype(np.float32)
 
 

@@ -78,10 +78,7 @@ def _type_of(ck: Checkpoint, name: str, target: type[formats.Format], out: Conve
 def _encoded(ck: Checkpoint, name: str, fmt: type[formats.Format]) -> np.ndarray:
     """The bytes of one tensor in fmt."""
     if name in ck.bitlinears:
-        t, scale = ck.ternary(name)
-        if hasattr(fmt, "encode_ternary"):
-            return fmt.encode_ternary(t, scale)
-        return fmt.encode(t.astype(np.float32) * np.float32(scale))
+        return formats.encode_ternary_weight(fmt, *ck.ternary(name))
     info = ck.tensors[name]
     raw = ck.tensor_bytes(name)
     if fmt is F32 and info.type != GGMLType.F32:

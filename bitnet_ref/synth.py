@@ -389,9 +389,7 @@ def tensor_bytes(name: str, shape: tuple[int, ...], fmt: type[formats.Format], k
     t, scale = ternary_weight(name, shape, seed)
     if fmt.SCALE_TENSOR:
         return fmt.encode_ternary(t, fmt.Tiling(*tl_tiling(fmt, *t.shape)))
-    if hasattr(fmt, "encode_ternary"):
-        return fmt.encode_ternary(t, scale)
-    return fmt.encode(t.astype(np.float32) * np.float32(scale))
+    return formats.encode_ternary_weight(fmt, t, scale)
 
 
 def rng_for(seed: int, name: str) -> np.random.Generator:

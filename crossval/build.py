@@ -63,6 +63,12 @@ class ReferenceBuild:
         """The Numerics fields (simd, float_dot) that make a profile follow this build; empty when not emulated."""
         return {"simd": self.simd, "float_dot": self.float_dot} if self.simd else {}
 
+    def ggml_numerics(self):
+        """The ggml numerics profile following this build (bitnet_ref.numerics.Numerics)."""
+        from bitnet_ref.numerics import resolve
+
+        return resolve("ggml").replace(**self.numerics_changes())
+
     def describe(self) -> dict:
         """For records: the line, the features and the emulation chosen."""
         return {"system_info": self.system_info, "features": self.features, "emulated_simd": self.simd,

@@ -35,15 +35,12 @@ from bitnet_ref.constants import KEY_HIDDEN_ACTIVATION, GGMLType
 from bitnet_ref.errors import BitnetRefError
 from bitnet_ref.files import check_readable, model_identity
 from bitnet_ref.gguf_reader import GGUFFile, read_gguf
-from bitnet_ref.tokenizer import Tokenizer
 from crossval import cases as C
 from crossval import metrics as M
 from crossval import points as P
 from crossval.backends import Backend, BackendError, BitnetRefBackend
-from crossval.isolated import IsolatedBackend
+from crossval.corpus import open_engine
 
-HF_REFERENCE = "crossval.hf_backend:HFBackend"
-LLAMA_REFERENCE = "crossval.llama_cpp_backend:LlamaCppBackend"
 CHECKPOINT, TRANSFORMERS, GGUF, LLAMA = "bitnet_ref[checkpoint]", "transformers", "bitnet_ref[gguf]", "llama.cpp"
 PAIRS = (TRANSFORMERS, GGUF, LLAMA)  # each compared with bitnet_ref on the checkpoint
 CTX_CAP = 512
@@ -260,23 +257,20 @@ def run_check(hf_dir: Path, gguf_path: Path, th: dict, *, threads: int = 2, time
         check_weights(check, ck, gguf, gates)
         ck_config, gguf_config = ModelConfig.from_gguf(ck), ModelConfig.from_gguf(gguf)
         n_ctx = min(ck_config.n_ctx, CTX_CAP)
-        tokenizers = {CHECKPOINT: Tokenizer.from_gguf(ck), GGUF: Tokenizer.from_gguf(gguf)}
     relu2 = next((e for e in th.get("expected", []) if e["id"] == RELU2_EXPECTED), None)
     if not (ck_config.ffn_act == gguf_config.ffn_act == "relu2"):
         relu2 = None  # llama.cpp's SiLU is expected only where the file itself says relu²
     base = BitnetRefBackend(hf_dir, numerics="bitnet", n_threads=threads, n_ctx=n_ctx)
     engines: dict[str, Backend] = {GGUF: BitnetRefBackend(gguf_path, numerics="bitnet", n_threads=threads, n_ctx=n_ctx)}
-    for name, (factory, kwargs) in _reference_specs(hf_dir, gguf_path, threads, n_ctx).items():
+    for name, path in ((TRANSFORMERS, hf_dir), (LLAMA, gguf_path)):
         try:
-            engines[name] = IsolatedBackend(factory, kwargs, name=name, timeout=timeout)
+            engines[name] = open_engine(name, path, numerics="bitnet", threads=threads, n_ctx=n_ctx, timeout=timeout)
         except BackendError as e:
             check.add("engines", f"{name} cannot load: {str(e).splitlines()[0]}")
     try:
         check.engines = {CHECKPOINT: base.describe(), **{n: _describe(e) for n, e in engines.items()}}
         texts = [*C.CORPUS, *(C.PROMPTS[p] for p in prompts)]
-        check_tokenizer(check, texts, {CHECKPOINT: lambda t, b: tokenizers[CHECKPOINT].encode(t, add_bos=b),
-                                       GGUF: lambda t, b: tokenizers[GGUF].encode(t, add_bos=b),
-                                       **{n: engines[n].tokenize for n in (TRANSFORMERS, LLAMA) if n in engines}},
+        check_tokenizer(check, texts, {CHECKPOINT: base.tokenize, **{n: e.tokenize for n, e in engines.items()}},
                         references=(TRANSFORMERS,))
         for prompt in prompts:
             tokens = base.tokenize(C.PROMPTS[prompt], True)
@@ -290,15 +284,6 @@ def run_check(hf_dir: Path, gguf_path: Path, th: dict, *, threads: int = 2, time
     return check
 
 
-def _reference_specs(hf_dir: Path, gguf_path: Path, threads: int, n_ctx: int) -> dict[str, tuple[str, dict]]:
-    """Factories and arguments of the two foreign engines."""
-    return {
-        TRANSFORMERS: (HF_REFERENCE, {"path": str(hf_dir), "n_threads": threads, "n_ctx": n_ctx}),
-        LLAMA: (LLAMA_REFERENCE, {"path": str(gguf_path), "n_threads": threads, "n_ctx": n_ctx, "flash_attn": False,
-                                  "extra_bufts": False, "echo_log": True}),
-    }
-
-
 def _describe(engine: Backend) -> dict:
     """An engine's description, or the error that kept it from giving one."""
     try:
@@ -309,6 +294,7 @@ def _describe(engine: Backend) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """Run the check, write records and the report, print the findings; 0 when the GGUF is faithful."""
+    import pandas as pd
     from rich.console import Console
     from rich.markup import escape
 
@@ -329,8 +315,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     faithful = check.faithful
     for name in ("weights", "points", "logits"):
-        run.write_table(name, _frame(getattr(check, name)))
-    run.write_table("findings", _frame([f.row() for f in check.findings]))
+        run.write_table(name, pd.DataFrame(getattr(check, name)))
+    run.write_table("findings", pd.DataFrame([f.row() for f in check.findings]))
     run.write_meta({"provenance": records.provenance(), "args": {k: str(v) for k, v in vars(args).items()},
                     "thresholds": th["conversion"], "engines": check.engines, "verdict": "pass" if faithful else "fail",
                     "complete": True, "seconds": round(time.perf_counter() - start, 1),
@@ -355,9 +341,3 @@ def main(args: argparse.Namespace) -> int:
     console.print(f"{escape(str(gguf_path))} vs {escape(str(hf_dir))}: {verdict}", soft_wrap=True)
     return 0 if faithful else 1
 
-
-def _frame(rows: list[dict]):
-    """A DataFrame of rows (an empty one with no columns when there are none)."""
-    import pandas as pd
-
-    return pd.DataFrame(rows)

@@ -29,7 +29,7 @@ from bitnet_ref.errors import BitnetRefError, FileAccessError
 from bitnet_ref.files import file_sha256, model_identity, open_file
 from crossval.backends import Backend, BackendError, BitnetRefBackend
 from crossval.isolated import ChildError, IsolatedBackend
-from crossval.metrics import log_softmax
+from crossval.metrics import kl_of_log_probs, log_softmax
 from crossval.run import REF_TIMEOUT_S, REFERENCE, model_context
 
 KIND = "corpus"  # the records' kind: out/corpus/<run-id>/
@@ -167,7 +167,7 @@ def token_stats(base_logits: np.ndarray, other_logits: np.ndarray, targets: np.n
     for s in range(0, len(targets), ROW_BLOCK):
         e = min(s + ROW_BLOCK, len(targets))
         lb, lo = log_softmax(base[s:e]), log_softmax(other[s:e])
-        kld[s:e] = np.maximum(np.sum(np.exp(lb) * (lb - lo), axis=-1), 0.0)  # ≥ 0; rounding may dip below
+        kld[s:e] = kl_of_log_probs(lb, lo)
         rows = np.arange(e - s)
         nll_base[s:e], nll_other[s:e] = -lb[rows, targets[s:e]], -lo[rows, targets[s:e]]
     return {"kld": kld, "top1": base.argmax(axis=-1) == other.argmax(axis=-1), "nll_base": nll_base,
@@ -277,11 +277,10 @@ class Recorder:
 
 def ggml_following(ref_desc: dict) -> tuple[object, dict]:
     """The ggml profile following the build llama.cpp reports (crossval.build), and that build's description."""
-    from bitnet_ref.numerics import resolve
     from crossval.build import ReferenceBuild
 
     build = ReferenceBuild.from_system_info(ref_desc.get("system_info", ""))
-    return resolve("ggml").replace(**build.numerics_changes()), build.describe()
+    return build.ggml_numerics(), build.describe()
 
 
 class Comparison:

@@ -61,7 +61,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     """KL(p ‖ q) per row of the softmaxes of two logit arrays (T, V) -> (T,), in nats."""
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return kl_of_log_probs(log_softmax(p_logits), log_softmax(q_logits))
+
+
+def kl_of_log_probs(lp: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) per row from row-wise log-probabilities, in nats (≥ 0: rounding may dip below)."""
     return np.maximum(np.sum(np.exp(lp) * (lp - lq), axis=-1), 0.0)
 
 

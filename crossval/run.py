@@ -23,7 +23,7 @@ from pathlib import Path
 from bitnet_ref import cuda
 from bitnet_ref.device import DEVICES, resolve_device
 from bitnet_ref.errors import BitnetRefError
-from bitnet_ref.files import file_sha256
+from bitnet_ref.files import model_identity
 from bitnet_ref.formats import IQ2_S, TL1, TL2
 from bitnet_ref.numerics import resolve
 from crossval import cases as C
@@ -81,8 +81,7 @@ class Reference:
 
 def engine_numerics(case: C.Case, build: ReferenceBuild):
     """The engine's numerics for a case: the ggml profile follows the reference's build where it emulates it."""
-    profile = resolve(case.profile)
-    return profile.replace(**build.numerics_changes()) if case.profile == "ggml" else profile
+    return build.ggml_numerics() if case.profile == "ggml" else resolve(case.profile)
 
 
 def approx_reason(case: C.Case, build: ReferenceBuild, ref_desc: dict) -> str:
@@ -134,7 +133,7 @@ class Backends:
             self.key = case.model_key
             self.pair = Pair(engine, ref, engine.config.n_layer, n_ctx, epath, lpath, approx)
             for p in {epath, lpath}:
-                self.models.setdefault(str(p), {"sha256": file_sha256(p), "bytes": p.stat().st_size})
+                self.models.setdefault(str(p), model_identity(p))
             self.described[case.group] = {"engine": engine.describe(), "llama.cpp": ref_desc}
         return self.pair
 

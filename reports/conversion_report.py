@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from reports import plots
-from reports.crossval_report import _nmse_grid
+from reports.crossval_report import nmse_grid
 from reports.page import banner, esc, figure, missing, page, provenance_table, run_subtitle, table
 
 # Tables as crossval/conversion.py writes them: findings (stage, finding), logits (pair, prompt, logits_r,
@@ -38,7 +38,7 @@ def _maps(tables: dict[str, pd.DataFrame]) -> str:
     for (pair, prompt), sub in pts.groupby(["pair", "prompt"], sort=False):
         over = sub[sub["nmse"] > sub["bound"]]
         first = (str(over.iloc[0]["point"]), int(over.iloc[0]["layer"])) if not over.empty else None
-        png = plots.nmse_heatmap(_nmse_grid(sub), first, f"{pair} vs bitnet_ref[checkpoint] ({prompt})")
+        png = plots.nmse_heatmap(nmse_grid(sub), first, f"{pair} vs bitnet_ref[checkpoint] ({prompt})")
         out.append(figure(png, f"NMSE per layer and point, {pair}, prompt {prompt}"))
     return "".join(out)
 

@@ -94,7 +94,7 @@ def _case_points(tables: dict[str, pd.DataFrame], cid: str) -> pd.DataFrame | No
     return None if sub.empty else sub
 
 
-def _nmse_grid(points: pd.DataFrame) -> pd.DataFrame:
+def nmse_grid(points: pd.DataFrame) -> pd.DataFrame:
     """Layer × point grid of NMSE, head row (layer −1) last, points in graph order."""
     grid = points.pivot_table(index="layer", columns="point", values="nmse", aggfunc="max")
     cols = [p for p in POINT_ORDER if p in grid.columns] + [p for p in grid.columns if p not in POINT_ORDER]
@@ -119,7 +119,7 @@ def _case_heatmap(cid: str, tables: dict[str, pd.DataFrame]) -> str:
     first = first_divergence(pts)
     mark = f"first divergence: {first[0]} layer {first[1]}" if first else "every point within its bound"
     alt = f"Heatmap of NMSE by layer and capture point for case {cid}, log colour scale; {mark}"
-    return figure(plots.nmse_heatmap(_nmse_grid(pts), first, f"{cid}: NMSE"), alt, mark)
+    return figure(plots.nmse_heatmap(nmse_grid(pts), first, f"{cid}: NMSE"), alt, mark)
 
 
 def _case_logits(cid: str, tables: dict[str, pd.DataFrame]) -> str:

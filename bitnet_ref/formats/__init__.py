@@ -3,6 +3,8 @@ the registry from type id to class, the one list of the formats bitnet-ref knows
 
 from __future__ import annotations
 
+import numpy as np
+
 from bitnet_ref.constants import GGMLType
 from bitnet_ref.errors import FormatError
 from bitnet_ref.formats.base import BlockFormat, Format, TernaryBlockFormat
@@ -18,7 +20,7 @@ from bitnet_ref.formats.tq2_0 import TQ2_0
 __all__ = [
     "BF16", "F16", "F32", "I2_S", "I2_S_ARM", "IQ2_S", "Q8_0", "TL1", "TL2", "TQ1_0", "TQ2_0",
     "BlockFormat", "Format", "TernaryBlockFormat",
-    "REGISTRY", "TERNARY_TYPES", "SCALE_TENSOR_TYPES", "WRITABLE", "get", "by_name",
+    "REGISTRY", "TERNARY_TYPES", "SCALE_TENSOR_TYPES", "WRITABLE", "get", "by_name", "encode_ternary_weight",
 ]  # fmt: skip
 
 REGISTRY: dict[GGMLType, type[Format]] = {
@@ -49,3 +51,11 @@ def by_name(name: str) -> type[Format]:
         if f.NAME == name:
             return f
     raise FormatError(f"unknown format {name!r}; known: {', '.join(f.NAME for f in REGISTRY.values())}")
+
+
+def encode_ternary_weight(fmt: type[Format], t: np.ndarray, scale: float) -> np.ndarray:
+    """The bytes of the weights T·scale (int8 codes (M, K), one scale) in fmt: its own ternary encoder (TQ1_0, TQ2_0,
+    I2_S), else the f32 values T·scale encoded (F32, F16, BF16, Q8_0)."""
+    if hasattr(fmt, "encode_ternary"):
+        return fmt.encode_ternary(t, scale)
+    return fmt.encode(t.astype(np.float32) * np.float32(scale))
