@@ -5,7 +5,7 @@
 - "auto": a usable CUDA GPU (numba.cuda.is_available() and not the simulator) if there is one, else the CPU, saying
   so in `reason`.
 - "cuda": a usable CUDA GPU, or numba's CUDA simulator when NUMBA_ENABLE_CUDASIM=1 was set before numba was imported
-  (a fake GPU: the CUDA kernels run as Python threads, for tests); otherwise DeviceError.
+  (no GPU: the simulator runs the CUDA kernels as Python threads, for tests); otherwise DeviceError.
 With BITNET_STRICT_NO_FAKE_GPU=1 nothing may stand in for a GPU: "cuda" on the simulator and "auto" without a GPU
 are DeviceErrors too (a GPU CI job that must not pass on a fallback).
 """
@@ -13,7 +13,7 @@ are DeviceErrors too (a GPU CI job that must not pass on a fallback).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from bitnet_ref.errors import DeviceError
 
@@ -86,15 +86,14 @@ def resolve_device(request: str = "cpu") -> Device:
     gpu = found if found is not None and not found.simulator else None
     if request == "auto":
         if gpu is not None:
-            return Device("cuda", False, gpu.gpu_name, gpu.gpu_memory, f"auto: CUDA GPU {gpu.gpu_name}")
+            return replace(gpu, reason=f"auto: CUDA GPU {gpu.gpu_name}")
         if strict():
             raise DeviceError(f"auto: no CUDA GPU ({why}) and {STRICT_ENV}=1 forbids the CPU fallback")
         return Device("cpu", reason=f"auto: no CUDA GPU ({why}): running on the CPU")
     if gpu is not None:
-        return Device("cuda", False, gpu.gpu_name, gpu.gpu_memory, f"cuda: CUDA GPU {gpu.gpu_name}")
+        return replace(gpu, reason=f"cuda: CUDA GPU {gpu.gpu_name}")
     if found is not None and not strict():
-        return Device("cuda", simulator=True, gpu_name=found.gpu_name,
-                      reason=f"cuda: no GPU, running on numba's CUDA simulator ({SIMULATOR_ENV}=1)")
+        return replace(found, reason=f"cuda: no GPU, running on numba's CUDA simulator ({SIMULATOR_ENV}=1)")
     if found is not None:
         raise DeviceError(f"cuda: no CUDA GPU ({why}) and {STRICT_ENV}=1 forbids the simulator")
     hint = "" if strict() else f"; {SIMULATOR_ENV}=1 runs the CUDA kernels on numba's simulator"

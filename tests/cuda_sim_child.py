@@ -59,7 +59,7 @@ def kernels(out: str) -> None:
         cpu_kernel(w, M, E, q, s, a, cpu)
         gpu = cuda.device_array((T, M), np.float32)
         if fmt is formats.I2_S:
-            scale = w[M * E // 4 : M * E // 4 + 4].copy().view("<f4")[0]
+            scale = fmt.scales(w, (E, M))[0]
             K.launch(gpu_kernel, T * M, cuda.to_device(w), M, E, cuda.to_device(q), cuda.to_device(s),
                      cuda.to_device(a), scale, gpu)
         else:

@@ -35,19 +35,19 @@ if SIMULATOR:
 
     @device
     def add(a, b):
-        return np.float32(np.float32(a) + np.float32(b))
+        return np.float32(a) + np.float32(b)
 
     @device
     def sub(a, b):
-        return np.float32(np.float32(a) - np.float32(b))
+        return np.float32(a) - np.float32(b)
 
     @device
     def mul(a, b):
-        return np.float32(np.float32(a) * np.float32(b))
+        return np.float32(a) * np.float32(b)
 
     @device
     def div(a, b):
-        return np.float32(np.float32(a) / np.float32(b))
+        return np.float32(a) / np.float32(b)
 
     @device
     def fma(a, b, c):
@@ -55,11 +55,11 @@ if SIMULATOR:
 
     @device
     def sqrt(a):
-        return np.float32(np.sqrt(np.float32(a)))
+        return np.sqrt(np.float32(a))
 
     @device
     def rint(a):
-        return np.float32(np.rint(np.float32(a)))
+        return np.rint(np.float32(a))
 
 else:
     from numba.cuda import libdevice

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
@@ -47,12 +48,8 @@ def _upload(lin: Linear, bitlinear: bool) -> DeviceLinear:
             f"tensor {lin.name}: format {lin.fmt.NAME} with activation {lin.activation!r} has no CUDA kernel "
             f"(the GPU runs TQ2_0, TQ1_0 and I2_S (x86) linears and an F16 or F32 head)"
         )
-    data = np.ascontiguousarray(lin.data)
-    scale = np.float32(0)
-    if lin.fmt is formats.I2_S:  # the f32 at byte M·K/4, after the codes (formats/i2_s.py)
-        o = lin.rows * lin.cols // 4
-        scale = data[o : o + 4].copy().view("<f4")[0]
-    return DeviceLinear(lin, cuda.to_device(data), np.float32(scale))
+    scale = lin.fmt.scales(lin.data, (lin.cols, lin.rows))[0] if lin.fmt is formats.I2_S else np.float32(0)
+    return DeviceLinear(lin, cuda.to_device(np.ascontiguousarray(lin.data)), scale)
 
 
 @dataclass(frozen=True)
@@ -72,8 +69,17 @@ class DeviceLayer:
     ffn_down: DeviceLinear
 
 
-def upload_weights(w: Weights) -> tuple[DeviceLinear, object, DeviceLinear, tuple[DeviceLayer, ...]]:
-    """(token_embd, output_norm, head, layers) on the device; the tied head shares token_embd's upload."""
+class DeviceWeights(NamedTuple):
+    """Weights on the device, field for field; the tied head is token_embd's upload."""
+
+    token_embd: DeviceLinear
+    output_norm: object  # device array (n_embd,)
+    output: DeviceLinear
+    layers: tuple[DeviceLayer, ...]
+
+
+def upload_weights(w: Weights) -> DeviceWeights:
+    """Every weight on the device, uploaded once; the tied head shares token_embd's upload."""
     layers = []
     for layer in w.layers:
         parts = {}
@@ -83,7 +89,7 @@ def upload_weights(w: Weights) -> tuple[DeviceLinear, object, DeviceLinear, tupl
         layers.append(DeviceLayer(**parts))
     embd = _upload(w.token_embd, False)
     head = embd if w.output is w.token_embd else _upload(w.output, False)
-    return embd, cuda.to_device(w.output_norm), head, tuple(layers)
+    return DeviceWeights(embd, cuda.to_device(w.output_norm), head, tuple(layers))
 
 
 class DeviceKVCache(KVCache):
@@ -126,7 +132,7 @@ class DeviceState:
 class CudaModel(Model):
     """A Model whose forward runs on a CUDA GPU (or numba's simulator); same config, numerics and file views."""
 
-    dev: tuple = ()  # upload_weights(weights): (token_embd, output_norm, head, layers) on the device
+    dev: DeviceWeights | None = None  # upload_weights(weights)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,10 +160,10 @@ class CudaModel(Model):
     def _ubatch(self, tokens: np.ndarray, pos0: int, want: str, trace: Trace | None) -> np.ndarray | None:
         """One ubatch of T tokens at positions pos0..: the whole graph on the device, the logits copied back once."""
         T = len(tokens)
-        embd, _, _, layers = self.dev
+        embd = self.dev.token_embd
         h = self.state.h[:T]  # (T, n_embd) residual stream
         K.launch(K.embed, T * self.config.n_embd, cuda.to_device(tokens), embd.data, embd.host.fmt is formats.F16, h)
-        for il, layer in enumerate(layers):
+        for il, layer in enumerate(self.dev.layers):
             attn_out = self._attention_half(layer, il, h, pos0, trace)  # (T, n_embd)
             if il == self.config.n_layer - 1 and want != "all":
                 if want == "none":
@@ -222,9 +228,9 @@ class CudaModel(Model):
     def _head(self, h, trace: Trace | None) -> np.ndarray:
         """Final RMSNorm, then logits against token_embd (tied) or output.weight, copied back: (T, n_vocab)."""
         T = h.shape[0]
-        _, output_norm, head, _ = self.dev
+        head = self.dev.output
         x = self.state.x[:T]  # (T, n_embd)
-        self._rmsnorm(h, output_norm, x)
+        self._rmsnorm(h, self.dev.output_norm, x)
         _fire(trace, "result_norm", -1, x)
         logits = self.state.logits[:T]  # (T, n_vocab)
         if head.host.fmt in FLOAT_HEADS:  # BitNet: the head is not quantized

@@ -13,12 +13,9 @@ import numpy as np
 from numba import cuda
 
 from bitnet_ref.cuda.arith import add, device, div, expf, fma, mul, rint, sqrt, sub
+from bitnet_ref.kernels.ternary import I2S_BLOCK, QK, TQ1_0_BYTES, TQ2_0_BYTES  # the CPU kernels' layout numbers
 
 THREADS = 128  # threads per block of every launch
-QK = 256  # elements per TQ block
-TQ2_0_BYTES = 66  # qs u8[64], d f16
-TQ1_0_BYTES = 54  # qs u8[48], qh u8[4], d f16
-I2S_BLOCK = 128  # elements per I2_S (x86) block, in 32 bytes
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _NEG_INF = np.float32(-np.inf)
@@ -122,26 +119,17 @@ def quantize_i8(x, q, s, act_sum):
 # ternary matmuls, out (T, M) = BitLinear(W (M, K) packed, int8 rows q (T, K) with scales s); one thread per output
 
 
-@cuda.jit
-def matmul_tq2_0(w, M, K, q, s, out):
-    """TQ2_0: D_b = Σ_{e in block b} (u_e − 1)·q_e exact; acc = f32(acc + f32(f32(D_b)·d_b)) in block order; acc / s."""
-    idx = cuda.grid(1)
-    T = q.shape[0]
-    if idx >= T * M:
-        return
-    t, m = idx // M, idx % M
-    nb = K // QK
-    acc = _ZERO
-    for b in range(nb):
-        o = (m * nb + b) * TQ2_0_BYTES
-        D = 0
-        for j in range(64):  # byte qs[32h + l] holds elements 128h + 32g + l at bits 2g
-            byte = int(w[o + j])
-            e0 = QK * b + 128 * (j // 32) + j % 32
-            for g in range(4):
-                D += (((byte >> (2 * g)) & 3) - 1) * int(q[t, e0 + 32 * g])
-        acc = add(acc, mul(np.float32(D), _block_d(w, o + 64)))
-    out[t, m] = div(acc, s[t])
+@device
+def _tq2_block(w, o, q, t, e):
+    """Σ (u − 1)·q over the TQ2_0 block at byte o (elements e..e+255): byte qs[32h + l] holds elements
+    e + 128h + 32g + l at bits 2g."""
+    D = 0
+    for j in range(64):
+        byte = int(w[o + j])
+        e0 = e + 128 * (j // 32) + j % 32
+        for g in range(4):
+            D += (((byte >> (2 * g)) & 3) - 1) * int(q[t, e0 + 32 * g])
+    return D
 
 
 @device
@@ -158,32 +146,54 @@ def _tq1_segment(w, o, q, t, e0, nbytes, ntrits, lanes):
     return D
 
 
-@cuda.jit
-def matmul_tq1_0(w, M, K, q, s, out):
-    """TQ1_0: the TQ2_0 arithmetic on base-3 trits (qs[0:32]: 32n + j, qs[32:48]: 160 + 16n + j, qh: 240 + 4n + j)."""
-    idx = cuda.grid(1)
-    T = q.shape[0]
-    if idx >= T * M:
-        return
-    t, m = idx // M, idx % M
+@device
+def _tq1_block(w, o, q, t, e):
+    """Σ (trit − 1)·q over the TQ1_0 block at byte o (qs[0:32]: e + 32n + j, qs[32:48]: e + 160 + 16n + j,
+    qh: e + 240 + 4n + j)."""
+    D = _tq1_segment(w, o, q, t, e, 32, 5, 32)
+    D += _tq1_segment(w, o + 32, q, t, e + 160, 16, 5, 16)
+    return D + _tq1_segment(w, o + 48, q, t, e + 240, 4, 4, 4)
+
+
+@device
+def _tq_row(w, m, K, q, t, tq1):
+    """Row m of a TQ2_0 (tq1 False) or TQ1_0 weight against q[t]: acc = f32(acc + f32(f32(D_b)·d_b)) over the
+    blocks in order, d_b the f16 in each block's last two bytes."""
     nb = K // QK
+    bb = TQ1_0_BYTES if tq1 else TQ2_0_BYTES
     acc = _ZERO
     for b in range(nb):
-        o = (m * nb + b) * TQ1_0_BYTES
-        e = QK * b
-        D = _tq1_segment(w, o, q, t, e, 32, 5, 32)
-        D += _tq1_segment(w, o + 32, q, t, e + 160, 16, 5, 16)
-        D += _tq1_segment(w, o + 48, q, t, e + 240, 4, 4, 4)
-        acc = add(acc, mul(np.float32(D), _block_d(w, o + 52)))
-    out[t, m] = div(acc, s[t])
+        o = (m * nb + b) * bb
+        D = _tq1_block(w, o, q, t, QK * b) if tq1 else _tq2_block(w, o, q, t, QK * b)
+        acc = add(acc, mul(np.float32(D), _block_d(w, o + bb - 2)))
+    return acc
+
+
+@cuda.jit
+def matmul_tq2_0(w, M, K, q, s, out):
+    """TQ2_0: D_b = Σ_{e in block b} (u_e − 1)·q_e exact; acc = f32(acc + f32(f32(D_b)·d_b)) in block order; acc / s."""
+    idx = cuda.grid(1)
+    if idx >= q.shape[0] * M:
+        return
+    t, m = idx // M, idx % M
+    out[t, m] = div(_tq_row(w, m, K, q, t, False), s[t])
+
+
+@cuda.jit
+def matmul_tq1_0(w, M, K, q, s, out):
+    """TQ1_0: the TQ2_0 arithmetic on base-3 trits (_tq1_block)."""
+    idx = cuda.grid(1)
+    if idx >= q.shape[0] * M:
+        return
+    t, m = idx // M, idx % M
+    out[t, m] = div(_tq_row(w, m, K, q, t, True), s[t])
 
 
 @cuda.jit
 def matmul_i2s(w, M, K, q, s, act_sum, scale, out):
     """I2_S (x86): sumi = Σ u·q over the row, exact; out = f32(f32(f32(sumi) − f32(act_sum)) / s) · scale."""
     idx = cuda.grid(1)
-    T = q.shape[0]
-    if idx >= T * M:
+    if idx >= q.shape[0] * M:
         return
     t, m = idx // M, idx % M
     row = m * (K // 4)
