@@ -42,10 +42,10 @@ def weight_copies(fmt: str, M: int, K: int, rng: np.random.Generator) -> list[np
     """Read-only random weight bytes (valid f16 d / f32 scale), enough copies to stream from DRAM."""
     n = formats.by_name(fmt).nbytes((K, M))
     base = rng.integers(0, 256, n, dtype=np.uint8)
-    formats.by_name(fmt).stored_scales(base)[:] = 0.5  # the f16 d of every block, or I2_S's f32 scale
     copies = []
     for i in range(max(2, STREAM_BYTES // n)):
         c = np.roll(base, i)
+        formats.by_name(fmt).stored_scales(c)[:] = 0.5  # every block's f16 d (one per tensor, as models have) or I2_S's
         c.flags.writeable = False
         copies.append(c)
     return copies

@@ -418,11 +418,7 @@ def bits_values(bits) -> np.ndarray:
 
 
 def twin_bitlinear(wf, q, s):
-    """out (T, M) = (Σ_b f32(Σ_{k∈b} W·q, sequential)) / s, blocks of 256 in order (dense.matmul_*_i8's order)."""
-    T, K = q.shape
-    prod = wf[None, :, :].astype(F32) * q[:, None, :].astype(F32)  # (T, M, K) f32 products
-    acc = np.zeros(prod.shape[:2], F32)
-    for b0 in range(0, K, 256):
-        part = np.add.accumulate(prod[:, :, b0 : b0 + 256], axis=2, dtype=F32)[:, :, -1]
-        acc = (acc + part).astype(F32)
-    return (acc / s[:, None].astype(F32)).astype(F32)
+    """out (T, M) = f32(Σ_k f64(W)·f64(q), sequential in k) / s (dense.matmul_*_i8's order)."""
+    prod = wf[None, :, :].astype(np.float64) * q[:, None, :].astype(np.float64)  # (T, M, K) exact products
+    acc = np.cumsum(prod, axis=2)[:, :, -1] + 0.0  # in order (np.sum adds pairwise), from +0 as the kernel (no −0)
+    return (acc.astype(F32) / s[:, None].astype(F32)).astype(F32)

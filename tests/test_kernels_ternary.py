@@ -124,14 +124,22 @@ def twin_d(fmt: str, scales, M: int, K: int) -> np.ndarray:
 
 
 def twin_tq_i8(codes, dw, q, s) -> np.ndarray:
-    """bitnet TQ: acc = f32(acc + f32(f32(D_b)·d_b)) in block order, y = acc / s."""
+    """bitnet TQ: per row, runs of consecutive blocks with equal d bits; D_run = Σ (u−1)·q over the run (exact);
+    acc = Σ_runs f64(D_run)·f64(d_run) in f64, in block order; y = f32(acc) / s."""
     M, K = codes.shape
     T, nb = q.shape[0], K // 256
     D = np.einsum("mbe,tbe->tmb", (codes - 1).reshape(M, nb, 256), q.astype(np.int64).reshape(T, nb, 256))
-    acc = np.zeros((T, M), F32)
-    for b in range(nb):
-        acc = acc + D[:, :, b].astype(F32) * dw[None, :, b]
-    return acc / s[:, None]
+    bits = dw.astype(np.float16).view(np.uint16)
+    acc = np.zeros((T, M), np.float64)
+    for m in range(M):
+        b0 = 0
+        while b0 < nb:
+            b1 = b0 + 1
+            while b1 < nb and bits[m, b1] == bits[m, b0]:
+                b1 += 1
+            acc[:, m] += D[:, m, b0:b1].sum(1).astype(np.float64) * np.float64(dw[m, b0])
+            b0 = b1
+    return acc.astype(F32) / s[:, None]
 
 
 def twin_i2s(codes, scale, q, s, act_sum) -> np.ndarray:
@@ -167,11 +175,18 @@ def special_codes(rng, M: int, K: int) -> np.ndarray:
 
 
 def block_ds(rng, M: int, nb: int) -> np.ndarray:
-    """f16 block scales: absmax-like positives, some zero, negative and subnormal ones."""
+    """f16 block scales: absmax-like positives, some zero, negative and subnormal ones; rows 4i and 4i+1 have one d for
+    all their blocks (one run, as converters write: the kernels' row-pair path), row 3 (M > 3) one d except for a
+    zero block."""
     d = rng.uniform(0.001, 2.0, (M, nb)).astype(np.float16)
     d.flat[:: max(1, d.size // 3)] = 0
     d.flat[1::7] = -0.25
     d.flat[2::11] = np.float16(3e-7)  # subnormal
+    one = np.arange(M) % 4 < 2
+    d[one] = d[one, :1]
+    if M > 3 and nb > 2:
+        d[3] = d[3, 0] if d[3, 0] != 0 else np.float16(0.5)
+        d[3, 1] = 0
     return d
 
 

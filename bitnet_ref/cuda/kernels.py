@@ -157,21 +157,26 @@ def _tq1_block(w, o, q, t, e):
 
 @device
 def _tq_row(w, m, K, q, t, tq1):
-    """Row m of a TQ2_0 (tq1 False) or TQ1_0 weight against q[t]: acc = f32(acc + f32(f32(D_b)·d_b)) over the
-    blocks in order, d_b the f16 in each block's last two bytes."""
+    """Row m of a TQ2_0 (tq1 False) or TQ1_0 weight against q[t]: the blocks in runs of equal d bits, in order;
+    acc = acc + f64(D_run)·f64(d_run) in float64 (the product is exact, so a contracted FMA rounds the same), returned
+    rounded once to f32."""
     nb = K // QK
     bb = TQ1_0_BYTES if tq1 else TQ2_0_BYTES
-    acc = _ZERO
+    acc = np.float64(0.0)
+    D = 0
     for b in range(nb):
         o = (m * nb + b) * bb
-        D = _tq1_block(w, o, q, t, QK * b) if tq1 else _tq2_block(w, o, q, t, QK * b)
-        acc = add(acc, mul(np.float32(D), _block_d(w, o + bb - 2)))
-    return acc
+        D += _tq1_block(w, o, q, t, QK * b) if tq1 else _tq2_block(w, o, q, t, QK * b)
+        bits = int(w[o + bb - 2]) | (int(w[o + bb - 1]) << 8)
+        if b == nb - 1 or (int(w[o + 2 * bb - 2]) | (int(w[o + 2 * bb - 1]) << 8)) != bits:  # the run ends
+            acc += np.float64(D) * np.float64(_block_d(w, o + bb - 2))
+            D = 0
+    return np.float32(acc)
 
 
 @cuda.jit
 def matmul_tq2_0(w, M, K, q, s, out):
-    """TQ2_0: D_b = Σ_{e in block b} (u_e − 1)·q_e exact; acc = f32(acc + f32(f32(D_b)·d_b)) in block order; acc / s."""
+    """TQ2_0: D_b = Σ_{e in block b} (u_e − 1)·q_e exact, summed over runs of equal d; f32(Σ f64(D_run)·f64(d)) / s."""
     idx = cuda.grid(1)
     if idx >= q.shape[0] * M:
         return

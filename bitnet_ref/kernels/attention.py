@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from bitnet_ref.kernels.activation import v_expf
 from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
-from bitnet_ref.kernels.intrinsics import expf
+from bitnet_ref.kernels.intrinsics import expf, f32x8_load, f32x8_mul_add, f32x8_store, f32x8_zero
 from bitnet_ref.kernels.scalar import load, round_f16, store
 
 PARALLEL_WORK = 1 << 20  # query·cell·dim products from which attention uses the thread pool
@@ -152,24 +152,60 @@ def _attend_parallel(q, k_cache, v_cache, start_pos, n_pad, s, out):
         _attend_group(q, k_cache, v_cache, tg // s.n_head_kv, tg % s.n_head_kv, start_pos, n_pad, s, out)
 
 
+@njit(cache=True, inline="always")
+def _row(r, R, t0, g, n_gqa, hd):
+    """Query index and first column of row min(r, R−1) of a block in a (T, n_head·hd) array."""
+    r = min(r, R - 1)
+    return t0 + r // n_gqa, (g * n_gqa + r % n_gqa) * hd
+
+
 @njit(cache=True)
 def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
     """Blocked order: out rows of queries t0..t1-1 for the n_gqa heads of KV head g (row r = (t − t0)·n_gqa + head);
-    kt_cache (n_kv·hd, n_ctx) holds K transposed, v_cache (n_ctx, n_kv·hd) V by position."""
+    kt_cache (n_kv·hd, n_ctx) holds K transposed, v_cache (n_ctx, n_kv·hd) V by position (all C-contiguous f32).
+    Rows go 4 at a time with 16 keys (scores) or 16 dims (outputs) in two registers, each lane one sequential sum;
+    the keys and dims left over are summed one by one in the same order."""
     hd = s.head_dim
     n_gqa = s.n_head // s.n_head_kv
     R = (t1 - t0) * n_gqa
     n = start_pos + t1  # keys 0..n-1 cover every query of the block
+    n_ctx, vw = kt_cache.shape[1], v_cache.shape[1]
     p = np.zeros((R, n), np.float32)  # scores, then probabilities; cells past a row's position stay 0
+    kb = np.empty(hd * 16, np.float32)  # K of 16 keys, packed (d, key): the rows of a group read it contiguously
+    for jc in range(0, n - n % 16, 16):  # s_j = Σ_d q_d·K_j,d, d ascending
+        for d in range(hd):
+            f32x8_store(kb, 16 * d, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc))
+            f32x8_store(kb, 16 * d + 8, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc + 8))
+        for r0 in range(0, R, 4):
+            u0, c0 = _row(r0, R, t0, g, n_gqa, hd)
+            u1, c1 = _row(r0 + 1, R, t0, g, n_gqa, hd)
+            u2, c2 = _row(r0 + 2, R, t0, g, n_gqa, hd)
+            u3, c3 = _row(r0 + 3, R, t0, g, n_gqa, hd)
+            if jc > start_pos + u3:  # past every position of the group
+                continue
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32x8_zero()
+            for d in range(hd):
+                ka, kc = f32x8_load(kb, 16 * d), f32x8_load(kb, 16 * d + 8)
+                x0, x1, x2, x3 = q[u0, c0 + d], q[u1, c1 + d], q[u2, c2 + d], q[u3, c3 + d]
+                a0, b0 = f32x8_mul_add(a0, x0, ka), f32x8_mul_add(b0, x0, kc)
+                a1, b1 = f32x8_mul_add(a1, x1, ka), f32x8_mul_add(b1, x1, kc)
+                a2, b2 = f32x8_mul_add(a2, x2, ka), f32x8_mul_add(b2, x2, kc)
+                a3, b3 = f32x8_mul_add(a3, x3, ka), f32x8_mul_add(b3, x3, kc)
+            for k, (a, b) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3))):
+                if r0 + k < R:
+                    f32x8_store(p, (r0 + k) * n + jc, a)
+                    f32x8_store(p, (r0 + k) * n + jc + 8, b)
     for r in range(R):
-        qrow = q[t0 + r // n_gqa, (g * n_gqa + r % n_gqa) * hd : (g * n_gqa + r % n_gqa + 1) * hd]
+        t, c = _row(r, R, t0, g, n_gqa, hd)
+        for j in range(n - n % 16, start_pos + t + 1):
+            acc = np.float32(0)
+            for d in range(hd):
+                acc += q[t, c + d] * kt_cache[g * hd + d, j]
+            p[r, j] = acc
+        p[r, start_pos + t + 1 :] = 0  # cells past the row's position
+    for r in range(R):
         n_r = start_pos + t0 + r // n_gqa + 1
         pr = p[r, :n_r]
-        for d in range(hd):  # s_j += q_d·K_j,d, d ascending, vectorized over the keys j
-            qd = qrow[d]
-            kd = kt_cache[g * hd + d, :n_r]
-            for j in range(n_r):
-                pr[j] += qd * kd[j]
         mx = np.float32(-np.inf)
         for j in range(n_r):
             pr[j] = pr[j] * s.scale
@@ -181,16 +217,36 @@ def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
             total += e
         for j in range(n_r):
             pr[j] = pr[j] / total
-    o = np.zeros((R, hd), np.float32)
-    for j in range(n):  # out_d += P_j·V_j,d, j ascending, vectorized over d
-        vj = v_cache[j, g * hd : (g + 1) * hd]
-        for r in range(R):
-            pj = p[r, j]
-            orow = o[r]
-            for d in range(hd):
-                orow[d] += pj * vj[d]
+    ow = out.shape[1]
+    vb = np.empty(n * 16, np.float32)  # V of 16 dims, packed (key, dim)
+    for dc in range(0, hd - hd % 16, 16):  # out_d = Σ_j P_j·V_j,d, j ascending
+        for j in range(n):
+            f32x8_store(vb, 16 * j, f32x8_load(v_cache, j * vw + g * hd + dc))
+            f32x8_store(vb, 16 * j + 8, f32x8_load(v_cache, j * vw + g * hd + dc + 8))
+        for r0 in range(0, R, 4):
+            u0, c0 = _row(r0, R, t0, g, n_gqa, hd)
+            u1, c1 = _row(r0 + 1, R, t0, g, n_gqa, hd)
+            u2, c2 = _row(r0 + 2, R, t0, g, n_gqa, hd)
+            u3, c3 = _row(r0 + 3, R, t0, g, n_gqa, hd)
+            p0, p1, p2, p3 = p[min(r0, R - 1)], p[min(r0 + 1, R - 1)], p[min(r0 + 2, R - 1)], p[min(r0 + 3, R - 1)]
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32x8_zero()
+            for j in range(n):
+                va, vc = f32x8_load(vb, 16 * j), f32x8_load(vb, 16 * j + 8)
+                a0, b0 = f32x8_mul_add(a0, p0[j], va), f32x8_mul_add(b0, p0[j], vc)
+                a1, b1 = f32x8_mul_add(a1, p1[j], va), f32x8_mul_add(b1, p1[j], vc)
+                a2, b2 = f32x8_mul_add(a2, p2[j], va), f32x8_mul_add(b2, p2[j], vc)
+                a3, b3 = f32x8_mul_add(a3, p3[j], va), f32x8_mul_add(b3, p3[j], vc)
+            for k, (a, b, u, c) in enumerate(((a0, b0, u0, c0), (a1, b1, u1, c1), (a2, b2, u2, c2), (a3, b3, u3, c3))):
+                if r0 + k < R:
+                    f32x8_store(out, u * ow + c + dc, a)
+                    f32x8_store(out, u * ow + c + dc + 8, b)
     for r in range(R):
-        out[t0 + r // n_gqa, (g * n_gqa + r % n_gqa) * hd : (g * n_gqa + r % n_gqa + 1) * hd] = o[r]
+        t, c = _row(r, R, t0, g, n_gqa, hd)
+        for d in range(hd - hd % 16, hd):
+            acc = np.float32(0)
+            for j in range(n):
+                acc += p[r, j] * v_cache[j, g * hd + d]
+            out[t, c + d] = acc
 
 
 @njit(cache=True, parallel=True)

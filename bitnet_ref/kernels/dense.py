@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from bitnet_ref.formats import Q8_0, TQ2_0
+from bitnet_ref.formats import Q8_0
 from bitnet_ref.kernels.intrinsics import bits_f32, f16_to_f32, f32_bits, fma32, fma_lanes
 from bitnet_ref.kernels.scalar import bf16_to_f32, load, round_bf16, round_f16
 
@@ -367,11 +367,10 @@ def use_tiled(float_dot: str, T: int, M: int, K: int, kn: int) -> bool:
 
 # -- BitLinear on float weights (the bitnet profile) --------------------------------------------------------------
 # BitLinear quantizes its input per token whatever the weights' storage (docs/NUMERICS.md §3). With int8 codes q and
-# scale s, out[t, m] = (Σ_b f32(Σ_{k∈b} W[m, k]·q[t, k])) / s[t]: f32 sums over 256-element blocks in order, then over
-# the blocks in order, then one division. For ternary weights t·scale these block sums are exact, so F32/F16/BF16
-# storage gives bit for bit what the TQ kernels give on the same weights (their epilogue: acc + f32(D_b)·d_b, / s).
-
-BITLINEAR_BLOCK = TQ2_0.BLOCK_ELEMS  # 256: the TQ kernels' block
+# scale s, out[t, m] = f32(Σ_k f64(W[m, k])·f64(q[t, k])) / s[t]: exact products summed in float64 in k order, rounded
+# once to f32, then one f32 division. For ternary weights t·scale the float64 sum is exact (scale · an integer below
+# 2^25), so F32/F16/BF16/Q8_0 storage gives bit for bit what the TQ kernels give on the same weights (their order:
+# f64(D_run)·f64(d) per run of equal block scales, rounded once, / s).
 
 
 @njit(cache=True, inline="always")
@@ -379,13 +378,10 @@ def bitlinear_dots(row, q, s, m, out):
     """out[t, m] for every token t, from one decoded weight row (K,) and int8 rows q (T, K), scales s (T,)."""
     T, K = q.shape
     for t in range(T):
-        acc = np.float32(0)
-        for b0 in range(0, K, BITLINEAR_BLOCK):
-            part = np.float32(0)
-            for k in range(b0, min(b0 + BITLINEAR_BLOCK, K)):
-                part += row[k] * np.float32(q[t, k])
-            acc += part
-        out[t, m] = acc / s[t]
+        acc = np.float64(0)
+        for k in range(K):
+            acc += np.float64(row[k]) * np.float64(q[t, k])
+        out[t, m] = np.float32(acc) / s[t]
 
 
 @njit(cache=True, parallel=True)

@@ -3,23 +3,27 @@
 - f32 scalars: `fma32` (llvm.fma: one rounding), the bit casts `f32_bits` / `bits_f32`, f16 <-> f32 (`f16_to_f32`,
   `f32_to_f16`), glibc's `cosf` / `sinf` / `expf` called by symbol name (the process's libm: the code llama.cpp's CPU
   build calls).
-- 8-lane registers, the numba types I32x8 / F32x8: zeros, `f32x8_fma` (_mm256_fmadd_ps), `hsum8` (ggml's
+- 8-lane registers, the numba types I32x8 / F32x8: zeros, `f32x8_load` / `f32x8_store` (f32, or f16 bits decoded on
+  load), `f32x8_mul_add` (acc + x·v rounded twice, as plain f32 code), `f32x8_fma` (_mm256_fmadd_ps), `hsum8` (ggml's
   hsum_float_8: ((a4+a0) + (a6+a2)) + ((a5+a1) + (a7+a3))), `hsum_i32`.
 - `fma_lanes`: the inner loop of ggml's float dots, acc[j] = fma(a[c·width + j], b[c·width + j], acc[j]), with the
   `width` accumulators held in <8 x float> registers for the whole loop (numba's own loop over a heap array reloads
   them every chunk, and falls back to scalar code when it cannot prove the arrays do not alias). Each lane is one
   sequential chain, so the result does not depend on how lanes are grouped into machine registers.
-- the ternary dots `dot_<fmt>[_q8k][_t4]`, on one primitive: 32 unsigned codes u (0..3) times 32 int8 activations q
-  give 8 int32 lanes, lane k = Σ_{j<4} u[4k+j]·q[4k+j]. With the 32 activations starting at a multiple of 32 inside a
-  256-block, lane k holds the elements with (e mod 32) ∈ [4k, 4k+3]: ggml's TQ lane grouping. Two x86 sequences
-  compute it, chosen by the runtime argument `isa` (a loop-invariant branch that LLVM hoists):
+- the ternary dots `dot_<fmt>_q8k[_t4]` (ggml profile) and tiles `tile_<fmt>` (bitnet profile), on one primitive:
+  32 unsigned codes u (0..3) times 32 int8 activations q give 8 int32 lanes, lane k = Σ_{j<4} u[4k+j]·q[4k+j].
+  With the 32 activations starting at a multiple of 32 inside a 256-block, lane k holds the elements with
+  (e mod 32) ∈ [4k, 4k+3]: ggml's TQ lane grouping. Two x86 sequences compute it, chosen by the runtime argument
+  `isa` (a loop-invariant branch that LLVM hoists):
   ISA_AVX2, vpmaddubsw (u8×i8 pairs → i16), the vectors of a block added in int16, then one vpmaddwd with ones
   (i16 pairs → i32), as ggml's AVX2 TQ kernels; exact: a vpmaddubsw sum is at most 2·3·128 = 768 and a call adds at
   most 16 of them (plus Q8_K bsums ≤ 16·128), far below 2^15. ISA_AVX512VNNI, vpdpbusd on 256-bit vectors
   (avx512vl): the four u8×i8 products of a lane added in int32. Integer sums are exact, so both (and the portable
   numba loops of ternary.py) give the same lanes bit for bit. Weights are decoded in registers: 2-bit fields by shift
   and mask (TQ2_0 low pair first, I2_S high pair first), TQ1_0 trits by ×3^n in 8-bit adds and shifts, then
-  [p ≥ 86] + [p ≥ 171] (= (3p) >> 8). The `_t4` forms decode a block once for 4 token rows (prefill).
+  [p ≥ 86] + [p ≥ 171] (= (3p) >> 8). The `_t4` forms decode a block once for 4 token rows (prefill). A tile takes
+  R ≤ 2 weight rows × N tokens over several blocks: each activation vector is loaded once for the R rows, and the
+  AVX2 sequence keeps one int16 sum per (row, token) across up to 32 vpmaddubsw (32·768 < 2^15) before widening.
 
 One fallback path: where an instruction needs a CPU feature, its code generator asks `isa.host_has` (numba's target,
 at compile time) and, on a target without it, emits portable LLVM code with the same result bit for bit: f16 <-> f32
@@ -40,6 +44,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from bitnet_ref.formats import I2_S, TQ1_0, TQ2_0
 from bitnet_ref.kernels.isa import ISA_AVX512VNNI, host_has
 
 _I8 = ir.IntType(8)
@@ -283,15 +288,64 @@ def f32x8_zero(typingctx):
     return f32x8(), lambda context, builder, sig, args: ir.Constant(_V8F32, None)
 
 
+def _splat_f32(builder, x):
+    """<8 x float> with every lane x."""
+    v = builder.insert_element(ir.Constant(_V8F32, None), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_V8I32, None))
+
+
+def _f32_c_array(ty) -> bool:
+    return isinstance(ty, types.Array) and ty.dtype == types.float32 and ty.layout == "C"
+
+
+@intrinsic
+def f32x8_load(typingctx, a, i):
+    """a.flat[i : i+8] of a C-contiguous float32 array, or of f16 bits (uint16, decoded exactly), as F32x8."""
+    ok = isinstance(a, types.Array) and a.dtype in (types.float32, types.uint16) and a.layout == "C"
+    if not (ok and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _load8(context, builder, sig.args[0], args[0], context.cast(builder, args[1], sig.args[1], types.intp))
+
+    return f32x8(a, i), codegen
+
+
+@intrinsic
+def f32x8_store(typingctx, a, i, v):
+    """a.flat[i : i+8] = v for a C-contiguous float32 array (unaligned store)."""
+    if not (_f32_c_array(a) and isinstance(i, types.Integer) and v == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, value=args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        builder.store(args[2], builder.bitcast(ptr, _V8F32.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.void(a, i, v), codegen
+
+
+@intrinsic
+def f32x8_mul_add(typingctx, acc, x, v):
+    """acc_k + f32(x·v_k): the product and the sum each rounded once (fmul, fadd: never contracted to an FMA)."""
+    if not (acc == f32x8 and v == f32x8 and isinstance(x, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        xv = _splat_f32(builder, context.cast(builder, args[1], sig.args[1], types.float32))
+        return builder.fadd(args[0], builder.fmul(xv, args[2]))
+
+    return f32x8(acc, x, v), codegen
+
+
 @intrinsic
 def f32x8_fma(typingctx, facc, lanes, d):
     """facc_k = fma(float(lanes_k), d, facc_k) with one rounding (llvm.fma.v8f32), d a float32 scalar."""
 
     def codegen(context, builder, sig, args):
         facc_, lanes_, d_ = args
-        dv = context.cast(builder, d_, sig.args[2], types.float32)
-        splat = builder.insert_element(ir.Constant(_V8F32, None), dv, ir.Constant(_I32, 0))
-        splat = builder.shuffle_vector(splat, splat, ir.Constant(_V8I32, None))
+        splat = _splat_f32(builder, context.cast(builder, d_, sig.args[2], types.float32))
         return _call(builder, "llvm.fma.v8f32", _V8F32, [builder.sitofp(lanes_, _V8F32), splat, facc_])
 
     return f32x8(facc, lanes, types.float32), codegen
@@ -463,21 +517,18 @@ def _dot_vnni(builder, acc, pairs, sub16):
     return acc
 
 
-def _dot_by_isa(context, builder, isa, isaty, accs, emit):
-    """Branch on the runtime `isa` (loop-invariant, so LLVM unswitches it) between the VNNI and AVX2 sequences.
-
-    `emit(builder)` emits, in each branch, one (pairs, sub16) job per token: its (u, q) vector pairs and the optional
-    int16 vector to subtract. Returns acc + lanes for each token.
-    """
+def _by_isa(context, builder, isa, isaty, vnni, avx2):
+    """Branch on the runtime `isa` (loop-invariant, so LLVM unswitches it): `vnni(builder)` where it is
+    ISA_AVX512VNNI, else `avx2(builder)`, each emitting a list of <8 x i32>; returns their merged values."""
     is_vnni = builder.icmp_signed(
         "==", context.cast(builder, isa, isaty, types.int64), ir.Constant(_I64, ISA_AVX512VNNI)
     )
     with builder.if_else(is_vnni) as (then, other):
         with then:
-            r_vnni = [_dot_vnni(builder, acc, *job) for acc, job in zip(accs, emit(builder), strict=True)]
+            r_vnni = vnni(builder)
             bb_vnni = builder.block
         with other:
-            r_avx2 = [_dot_avx2(builder, acc, *job) for acc, job in zip(accs, emit(builder), strict=True)]
+            r_avx2 = avx2(builder)
             bb_avx2 = builder.block
     out = []
     for rv, ra in zip(r_vnni, r_avx2, strict=True):
@@ -486,6 +537,16 @@ def _dot_by_isa(context, builder, isa, isaty, accs, emit):
         phi.add_incoming(ra, bb_avx2)
         out.append(phi)
     return out
+
+
+def _dot_by_isa(context, builder, isa, isaty, accs, emit):
+    """The VNNI or AVX2 sequence by `isa` (_by_isa). `emit(builder)` emits, in each branch, one (pairs, sub16) job per
+    token: its (u, q) vector pairs and the optional int16 vector to subtract. Returns acc + lanes for each token."""
+
+    def seq(dot):
+        return lambda b: [dot(b, acc, *job) for acc, job in zip(accs, emit(b), strict=True)]
+
+    return _by_isa(context, builder, isa, isaty, seq(_dot_vnni), seq(_dot_avx2))
 
 
 def _field(b, wv, shift):
@@ -619,19 +680,7 @@ def _dot_intrinsic(what: str, make_codes, ntok: int, with_bsums: bool):
 # ---------------------------------------------------------------------------------------------------------------------
 # ternary dot intrinsics
 
-_TQ2, _TQ1, _I2S, _I2S2, _I2S4 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(2), _codes_i2s(4)
-
-
-@intrinsic
-def dot_tq2(typingctx, acc, w, wi, a, ai, isa):
-    """acc + lanes of the TQ2_0 block at w[wi] (64 qs bytes) against a[ai : ai+256]."""
-    return _dot_intrinsic("dot_tq2", _TQ2, 1, False)(typingctx, acc, w, wi, a, ai, isa)
-
-
-@intrinsic
-def dot_tq1(typingctx, acc, w, wi, a, ai, isa):
-    """acc + lanes of the TQ1_0 block at w[wi] (48 qs bytes of 5 trits, 4 qh bytes of 4) against a[ai : ai+256]."""
-    return _dot_intrinsic("dot_tq1", _TQ1, 1, False)(typingctx, acc, w, wi, a, ai, isa)
+_TQ2, _TQ1, _I2S, _I2S2 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(2)
 
 
 @intrinsic
@@ -647,34 +696,10 @@ def dot_tq1_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
 
 
 @intrinsic
-def dot_i2s(typingctx, acc, w, wi, a, ai, isa):
-    """acc + lanes of one I2_S chunk, 32 bytes at w[wi] (128 elements), against a[ai : ai+128]."""
-    return _dot_intrinsic("dot_i2s", _I2S, 1, False)(typingctx, acc, w, wi, a, ai, isa)
-
-
-@intrinsic
-def dot_i2s4(typingctx, acc, w, wi, a, ai, isa):
-    """acc + lanes of four I2_S chunks, 128 bytes at w[wi] (512 elements), against a[ai : ai+512]."""
-    return _dot_intrinsic("dot_i2s4", _I2S4, 1, False)(typingctx, acc, w, wi, a, ai, isa)
-
-
-@intrinsic
 def dot_i2s_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
     """Two I2_S chunks (64 bytes at w[wi], 256 elements) − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of
     the TQ2_0 block holding the same codes (I2_S byte p of chunk c holds elements with e mod 32 = p, like TQ2_0)."""
     return _dot_intrinsic("dot_i2s_q8k", _I2S2, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
-
-
-@intrinsic
-def dot_tq2_t4(typingctx, acc, w, wi, a, ai, astride, isa):
-    """dot_tq2 for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the block decoded once."""
-    return _dot_intrinsic("dot_tq2_t4", _TQ2, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
-
-
-@intrinsic
-def dot_tq1_t4(typingctx, acc, w, wi, a, ai, astride, isa):
-    """dot_tq1 for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the block decoded once."""
-    return _dot_intrinsic("dot_tq1_t4", _TQ1, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
 
 
 @intrinsic
@@ -701,7 +726,127 @@ def dot_i2s_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, is
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# tile intrinsics of the bitnet profile: integer Σ u·q for R weight rows × N tokens over consecutive blocks
+
+TILE_MADDUBS = 32  # vpmaddubsw sums an int16 lane of the AVX2 tile may add before widening: 32·768 < 2^15
+TILE_BLOCKS_TQ = TILE_MADDUBS // 8  # a TQ2_0 / TQ1_0 block takes 8 vpmaddubsw per token and row
+TILE_CHUNKS_I2S = TILE_MADDUBS // 4  # an I2_S chunk takes 4
+
+
+def _tree_add(b, vs):
+    """Sum of the vectors `vs` as a balanced tree (short dependency chains; integer sums, so any order is exact)."""
+    while len(vs) > 1:
+        vs = [b.add(vs[i], vs[i + 1]) if i + 1 < len(vs) else vs[i] for i in range(0, len(vs), 2)]
+    return vs[0]
+
+
+def _tile_avx2(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w):
+    """accs[r·N + n] + lanes of rows × tokens over blocks j0 .. j0+nblocks-1: each block's vpmaddubsw products, summed
+    as a tree, added into one int16 accumulator per (row, token) for the whole call, then one vpmaddwd with ones."""
+    s16 = [cgutils.alloca_once_value(b, ir.Constant(_V16I16, None)) for _ in accs]
+    with cgutils.for_range(b, nblocks) as loop:
+        j = b.add(j0, loop.index)
+        codes = [make_codes(b, ld_w(r, j)) for r in range(rows)]
+        prods = [[] for _ in accs]
+        for i, (_, off) in enumerate(codes[0]):
+            for n in range(ntok):
+                q = ld_act(n, j, off)
+                for r in range(rows):
+                    prods[r * ntok + n].append(_maddubs(b, codes[r][i][0], q))
+        for slot, p in zip(s16, prods, strict=True):
+            b.store(b.add(b.load(slot), _tree_add(b, p)), slot)
+    return [b.add(acc, _madd_ones(b, b.load(slot))) for acc, slot in zip(accs, s16, strict=True)]
+
+
+def _tile_vnni(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w):
+    """The same lanes with vpdpbusd into int32, even and odd pairs in two chains (added at the end) for latency."""
+    slots = [
+        [cgutils.alloca_once_value(b, acc), cgutils.alloca_once_value(b, ir.Constant(_V8I32, None))] for acc in accs
+    ]
+    with cgutils.for_range(b, nblocks) as loop:
+        j = b.add(j0, loop.index)
+        codes = [make_codes(b, ld_w(r, j)) for r in range(rows)]
+        for i, (_, off) in enumerate(codes[0]):
+            for n in range(ntok):
+                q = ld_act(n, j, off)
+                for r in range(rows):
+                    slot = slots[r * ntok + n][i % 2]
+                    b.store(_call(b, "llvm.x86.avx512.vpdpbusd.256", _V8I32, [b.load(slot), codes[r][i][0], q]), slot)
+    return [b.add(b.load(even), b.load(odd)) for even, odd in slots]
+
+
+def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
+    """Typer of `what`(acc, w, wis, a, ai, astride, j0, nblocks, isa): acc + lanes of Σ u·q for the rows whose block 0
+    starts at w[wis[r]] (R = len(wis) rows, blocks `block_bytes` apart) and the N = len(acc) / R tokens at
+    a[ai + n·astride + block_elems·j + e], over blocks j0 ≤ j < j0 + nblocks. The caller keeps nblocks within
+    TILE_BLOCKS_TQ or TILE_CHUNKS_I2S: AVX2 keeps int16 partial sums over the call. acc[r·N + n] is the accumulator of
+    row r and token n."""
+
+    def typer(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+        _c_array(w, what)
+        _c_array(a, what)
+        if w.dtype != types.uint8 or a.dtype != types.int8:
+            raise TypeError(f"{what}: w must be uint8 and a int8, got {w.dtype}, {a.dtype}")
+        if not (isinstance(wis, types.UniTuple) and isinstance(wis.dtype, types.Integer)):
+            raise TypeError(f"{what}: wis must be a tuple of integer byte offsets, got {wis}")
+        rows = wis.count
+        if not (isinstance(acc, types.UniTuple) and acc.dtype == i32x8 and acc.count % rows == 0):
+            raise TypeError(f"{what}: acc must be a tuple of I32x8, {rows} per token, got {acc}")
+        ntok = acc.count // rows
+
+        def codegen(context, builder, sig, args):
+            acc_v, w_v, wis_v, a_v, ai_v, astr_v, j0_v, nb_v, isa_v = args
+            _, wty, wisty, aty, aity, astrty, j0ty, nbty, isaty = sig.args
+            accs = [builder.extract_value(acc_v, k) for k in range(acc.count)]
+            w0 = [context.cast(builder, builder.extract_value(wis_v, r), wisty.dtype, types.intp) for r in range(rows)]
+            a0 = context.cast(builder, ai_v, aity, types.intp)
+            astr = context.cast(builder, astr_v, astrty, types.intp)
+            j0 = context.cast(builder, j0_v, j0ty, types.intp)
+            nblocks = context.cast(builder, nb_v, nbty, types.intp)
+
+            def ld_w(r, j):
+                base = builder.add(w0[r], builder.mul(j, ir.Constant(_I64, block_bytes)))
+                return lambda off, vecty: _load(
+                    context, builder, wty, w_v, builder.add(base, ir.Constant(_I64, off)), types.intp, vecty
+                )
+
+            def ld_act(n, j, off):
+                i = builder.add(a0, builder.mul(astr, ir.Constant(_I64, n)))
+                i = builder.add(i, builder.add(builder.mul(j, ir.Constant(_I64, block_elems)), ir.Constant(_I64, off)))
+                return _load(context, builder, aty, a_v, i, types.intp, _V32I8)
+
+            tile = (rows, ntok, ld_act, j0, nblocks, make_codes, ld_w)
+            vnni = _tile_vnni if host_has("avx512vnni", "avx512vl") else _tile_avx2
+            out = _by_isa(
+                context, builder, isa_v, isaty, lambda b: vnni(b, accs, *tile), lambda b: _tile_avx2(b, accs, *tile)
+            )
+            return context.make_tuple(builder, sig.return_type, out)
+
+        return acc(acc, w, wis, a, ai, astride, j0, nblocks, isa), codegen
+
+    return typer
+
+
 @intrinsic
-def dot_i2s_t4(typingctx, acc, w, wi, a, ai, astride, isa):
-    """dot_i2s for 4 tokens at a[ai + n·astride] (acc a 4-tuple), the chunk decoded once."""
-    return _dot_intrinsic("dot_i2s_t4", _I2S, 4, False)(typingctx, acc, w, wi, a, ai, astride, isa)
+def tile_tq2(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+    """Integer lanes of TQ2_0 blocks for R rows × N tokens (_tile_intrinsic)."""
+    return _tile_intrinsic("tile_tq2", _TQ2, TQ2_0.BLOCK_BYTES, TQ2_0.BLOCK_ELEMS)(
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+    )
+
+
+@intrinsic
+def tile_tq1(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+    """Integer lanes of TQ1_0 blocks for R rows × N tokens (_tile_intrinsic)."""
+    return _tile_intrinsic("tile_tq1", _TQ1, TQ1_0.BLOCK_BYTES, TQ1_0.BLOCK_ELEMS)(
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+    )
+
+
+@intrinsic
+def tile_i2s(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+    """Integer lanes of I2_S chunks (32 bytes, 128 elements each) for R rows × N tokens (_tile_intrinsic)."""
+    return _tile_intrinsic("tile_i2s", _I2S, I2_S.BLOCK_BYTES, I2_S.BLOCK_ELEMS)(
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+    )

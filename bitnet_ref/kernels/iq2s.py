@@ -17,7 +17,7 @@ path depends on the number of token rows T (ggml's ne11), as in ggml-cpu's mul_m
   The AVX2 kernel has that FMA explicitly; GCC contracts the AVX-512 VNNI kernel's mul + add into the same one.
 
 bitnet profile (`matmul_iq2s_i8`, per-token int8 from `quantize_i8_rows`): the row decoded exactly to f32 as
-formats.IQ2_S.decode does, then dense.bitlinear_dots (f32 sums over 256-element blocks, then over blocks, / s).
+formats.IQ2_S.decode does, then dense.bitlinear_dots (exact products summed in f64 in order, rounded once, / s).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Parallel over output rows (prange); each output is one thread's fixed-order sum,
 thread count, on T, or on `isa`. Weights are never expanded to float. Unsigned codes u ∈ {0,1,2} stand for u − 1;
 code 3 (never written by encoders) computes as +2, like the reference kernels. `check_matmul` validates arguments.
 
-Integer identity: Σ (u−1)·q = Σ u·q − Σ q, with Σ q from Q8_K's bsums (ggml), act_sum (I2_S) or per-call block sums.
+Integer identity: Σ (u−1)·q = Σ u·q − Σ q, with Σ q from Q8_K's bsums (ggml), act_sum (bitnet: Σq of the token row)
+or per-call block prefix sums (TQ rows of several runs).
 
 ggml profile (`*_q8k`, activations from `quantize_q8_k`), what llama.cpp's x86 AVX2 `vec_dot_tq{1,2}_0_q8_K` computes:
 per 256-block b, 8 int32 lanes L_k = Σ_{e: (e mod 32) ∈ [4k,4k+3]} u_e·q_e − (bsums[16b+2k] + bsums[16b+2k+1]);
@@ -19,16 +20,19 @@ bitnet profile (`*_i8`, activations from `quantize_i8_rows`: q, s, act_sum):
 - I2_S (x86 128-block layout): sumi = Σ u·q over the row (exact); y = f32(f32(f32(sumi) − f32(act_sum)) / s) · scale,
   f32 ops in this order as bitnet.cpp; the f32 per-tensor scale is read from the tensor bytes at M·K/4. bitnet.cpp's
   AVX2 int16 lane wrap (docs/NUMERICS.md §5.1, adversarial inputs only) is not emulated: sums are exact.
-- TQ2_0 / TQ1_0: D_b = Σ_{e in block b} (u_e−1)·q_e (exact); acc = +0f;
-  for b in order: acc = f32(acc + f32(f32(D_b)·d_b)) with d_b the block's f16 d; y = f32(acc / s).
-  act_sum is unused (per-block Σq is computed once per call).
+- TQ2_0 / TQ1_0: a row's blocks form runs of consecutive blocks with the same f16 d bits; D_run = Σ (u_e−1)·q_e over
+  the run (exact); acc = Σ_runs f64(D_run)·f64(d_run) in float64, runs in block order; y = f32(f32(acc) / s). A row
+  of one run (every converted BitNet tensor: one d) is y = f32(f64(Σu·q − act_sum)·d) / s, the whole row in integer
+  lanes; rows of several runs (per-block d) take the slower run-by-run loop. docs/NUMERICS.md §3 gives the reasons.
 
 The ARM I2_S layout (64-element blocks, formats.I2_S_ARM) has its own `matmul_i2s_arm_*` with the same arithmetic:
 the integer sums are over the same elements, only the byte order differs; they always take the portable path.
 
 Two paths, chosen by `isa` (isa.ISA_*; `kernel_isa()` names the default):
-- SIMD (avx2, avx512vnni): the packed bytes go straight into the dot intrinsics of intrinsics.py; tokens are taken 4
-  at a time so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
+- SIMD (avx2, avx512vnni): the packed bytes go straight into the intrinsics of intrinsics.py. ggml profile: tokens 4
+  at a time, so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
+  bitnet profile: tiles of 2 weight rows × 4 tokens (tile_* intrinsics: each activation vector loaded once for both
+  rows, integer lanes kept across blocks), then single tokens and a single last row.
 - portable: plain numba loops; a weight row is decoded once into planes (below) that every token row reuses.
 """
 
@@ -40,20 +44,15 @@ from numba import njit, prange
 from bitnet_ref.errors import FormatError
 from bitnet_ref.formats import I2_S, I2_S_ARM, TQ1_0, TQ2_0
 from bitnet_ref.kernels.intrinsics import (
+    TILE_BLOCKS_TQ,
+    TILE_CHUNKS_I2S,
     bits_f32,
-    dot_i2s,
-    dot_i2s4,
     dot_i2s_q8k,
     dot_i2s_q8k_t4,
-    dot_i2s_t4,
-    dot_tq1,
     dot_tq1_q8k,
     dot_tq1_q8k_t4,
-    dot_tq1_t4,
-    dot_tq2,
     dot_tq2_q8k,
     dot_tq2_q8k_t4,
-    dot_tq2_t4,
     f16_to_f32,
     f32x8_fma,
     f32x8_zero,
@@ -61,6 +60,9 @@ from bitnet_ref.kernels.intrinsics import (
     hsum8,
     hsum_i32,
     i32x8_zero,
+    tile_i2s,
+    tile_tq1,
+    tile_tq2,
 )
 from bitnet_ref.kernels.isa import ISA_NAMES, ISA_PORTABLE, default_isa
 from bitnet_ref.kernels.scalar import round_f16
@@ -86,10 +88,16 @@ def kernel_isa() -> str:
 # shared scalar helpers
 
 
+@njit(cache=True, inline="always")
+def _d_bits(w, o):
+    """The f16 bits stored little-endian at w[o], w[o+1]."""
+    return np.int64(w[o]) | (np.int64(w[o + 1]) << 8)
+
+
 @njit(cache=True)
 def _f16_at(w, o):
     """The f16 stored little-endian at w[o], w[o+1], as float32 (exact)."""
-    return f16_to_f32(np.int64(w[o]) | (np.int64(w[o + 1]) << 8))
+    return f16_to_f32(_d_bits(w, o))
 
 
 @njit(cache=True)
@@ -132,37 +140,14 @@ def _block_d(w, o, bb, fmt, d_twin):
 
 
 @njit(cache=True)
-def _tq_i8_epilogue(sumi_b, qsum_b, d_b, acc):
-    """One block of the bitnet TQ epilogue: acc + f32(f32(Σu·q − Σq) · d_b), all float32."""
-    return acc + np.float32(sumi_b - qsum_b) * d_b
-
-
-@njit(cache=True)
 def _i2s_epilogue(sumi, act_sum, s, scale):
     """bitnet.cpp's I2_S epilogue in float32: ((float)sumi − (float)act_sum) / s · scale."""
     return (np.float32(sumi) - np.float32(act_sum)) / s * scale
 
 
-@njit(cache=True, parallel=True)
-def _block_sums(q, nb):
-    """Σ q over each 256-block of each token row: int32 (T, nb)."""
-    out = np.empty((q.shape[0], nb), np.int32)
-    for t in prange(q.shape[0]):
-        for b in range(nb):
-            out[t, b] = q[t, QK * b : QK * (b + 1)].astype(np.int32).sum()
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # SIMD path: packed bytes straight into the dot intrinsics (intrinsics.py); a weight row stays in L1 across the token
 # rows of a tile, and a tile's activations stay in L2 across the weight rows
-
-
-@njit(cache=True)
-def _zeros4():
-    """Four I32x8 zero accumulators."""
-    z = i32x8_zero()
-    return (z, z, z, z)
 
 
 @njit(cache=True)
@@ -179,28 +164,10 @@ def _q8k_block(w, o, qs, ai, bsums, bi, fmt, isa):
 def _q8k_block4(w, o, qs, ai, K, bsums, bi, fmt, isa):
     """_q8k_block for 4 consecutive tokens, the weight block decoded once."""
     if fmt == FMT_TQ2_0:
-        return dot_tq2_q8k_t4(_zeros4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
+        return dot_tq2_q8k_t4(_z4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
     if fmt == FMT_I2S:
-        return dot_i2s_q8k_t4(_zeros4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
-    return dot_tq1_q8k_t4(_zeros4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
-
-
-@njit(cache=True)
-def _i8_block(w, o, q, ai, fmt, isa):
-    """Σ u·q of the TQ block at byte o and one int8 token at q[ai]."""
-    if fmt == FMT_TQ2_0:
-        return hsum_i32(dot_tq2(i32x8_zero(), w, o, q, ai, isa))
-    return hsum_i32(dot_tq1(i32x8_zero(), w, o, q, ai, isa))
-
-
-@njit(cache=True)
-def _i8_block4(w, o, q, ai, K, fmt, isa):
-    """_i8_block for 4 consecutive tokens, the weight block decoded once."""
-    if fmt == FMT_TQ2_0:
-        v = dot_tq2_t4(_zeros4(), w, o, q, ai, K, isa)
-    else:
-        v = dot_tq1_t4(_zeros4(), w, o, q, ai, K, isa)
-    return hsum_i32(v[0]), hsum_i32(v[1]), hsum_i32(v[2]), hsum_i32(v[3])
+        return dot_i2s_q8k_t4(_z4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
+    return dot_tq1_q8k_t4(_z4(), w, o, qs, ai, K, bsums, bi, K // 16, isa)
 
 
 @njit(cache=True, inline="always")
@@ -244,73 +211,195 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
 
 
 @njit(cache=True, inline="always")
-def _tq_i8_rows(w, m, K, q, s, qsum, out, fmt, isa, t0, t1):
-    """Outputs (t0..t1-1, m) of the bitnet profile, TQ formats: tokens in groups of 4, then one by one."""
-    nb = K // QK
-    bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
-    row = m * nb * bb
-    t4 = t1 - (t1 - t0) % 4
-    for t in range(t0, t4, 4):
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for b in range(nb):
-            o = row + bb * b
-            s0, s1, s2, s3 = _i8_block4(w, o, q, t * K + QK * b, K, fmt, isa)
-            dw = _f16_at(w, o + bb - 2)
-            a0 = _tq_i8_epilogue(s0, qsum[t, b], dw, a0)
-            a1 = _tq_i8_epilogue(s1, qsum[t + 1, b], dw, a1)
-            a2 = _tq_i8_epilogue(s2, qsum[t + 2, b], dw, a2)
-            a3 = _tq_i8_epilogue(s3, qsum[t + 3, b], dw, a3)
-        out[t, m] = a0 / s[t]
-        out[t + 1, m] = a1 / s[t + 1]
-        out[t + 2, m] = a2 / s[t + 2]
-        out[t + 3, m] = a3 / s[t + 3]
-    for t in range(t4, t1):
-        acc = np.float32(0.0)
-        for b in range(nb):
-            o = row + bb * b
-            acc = _tq_i8_epilogue(_i8_block(w, o, q, t * K + QK * b, fmt, isa), qsum[t, b], _f16_at(w, o + bb - 2), acc)
-        out[t, m] = acc / s[t]
-
-
-@njit(cache=True, parallel=True)
-def _simd_tq_i8(w, M, K, q, s, qsum, out, fmt, isa):
-    """bitnet profile, TQ formats, on the SIMD path, token tile by token tile."""
-    T = q.shape[0]
-    for t0 in range(0, T, TOKEN_TILE):
-        for m in prange(M):
-            _tq_i8_rows(w, m, K, q, s, qsum, out, fmt, isa, t0, min(T, t0 + TOKEN_TILE))
+def _tile(acc, w, wis, a, ai, astride, j0, nblocks, fmt, isa):
+    """The fmt's tile intrinsic (intrinsics.tile_*): acc + integer lanes of blocks j0.. of rows wis and tokens a[ai]."""
+    if fmt == FMT_TQ2_0:
+        return tile_tq2(acc, w, wis, a, ai, astride, j0, nblocks, isa)
+    if fmt == FMT_TQ1_0:
+        return tile_tq1(acc, w, wis, a, ai, astride, j0, nblocks, isa)
+    return tile_i2s(acc, w, wis, a, ai, astride, j0, nblocks, isa)
 
 
 @njit(cache=True, inline="always")
-def _i2s_rows(w, m, K, q, s, act_sum, out, isa, t0, t1, scale):
-    """Outputs (t0..t1-1, m) of the bitnet profile, I2_S: tokens in groups of 4 share each decoded chunk, then one
-    by one (four 32-byte chunks per intrinsic call)."""
-    nc = K // I2S_BLOCK
-    row = m * (K // 4)
+def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa):
+    """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow."""
+    step = TILE_BLOCKS_TQ if not _is_i2s(fmt) else TILE_CHUNKS_I2S
+    for j in range(b0, b1, step):
+        acc = _tile(acc, w, wis, a, ai, astride, j, min(step, b1 - j), fmt, isa)
+    return acc
+
+
+@njit(cache=True)
+def _z1():
+    return (i32x8_zero(),)
+
+
+@njit(cache=True)
+def _z2():
+    z = i32x8_zero()
+    return (z, z)
+
+
+@njit(cache=True)
+def _z4():
+    z = i32x8_zero()
+    return (z, z, z, z)
+
+
+@njit(cache=True)
+def _z8():
+    z = i32x8_zero()
+    return (z, z, z, z, z, z, z, z)
+
+
+@njit(cache=True, inline="always")
+def _uniform_d(w, row, nb, bb):
+    """True when every block of the TQ row at byte `row` has the same d bits (one run)."""
+    d0 = _d_bits(w, row + bb - 2)
+    for b in range(1, nb):
+        if _d_bits(w, row + bb * b + bb - 2) != d0:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _tq_out(acc, w, wis, bb, t, ntok, m, s, act_sum, out):
+    """Outputs of one-run TQ rows: y = f32(f64(Σu·q − Σq) · f64(d)) / s (the product is exact in f64)."""
+    for r in range(len(wis)):
+        d = np.float64(_f16_at(w, wis[r] + bb - 2))
+        for n in range(ntok):
+            D = hsum_i32(acc[r * ntok + n]) - act_sum[t + n]
+            out[t + n, m + r] = np.float32(np.float64(D) * d) / s[t + n]
+
+
+@njit(cache=True, inline="always")
+def _tq_one_run(w, wis, m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad, single):
+    """Rows at byte offsets wis (each of one run; outputs m, m+1, ...) × tokens t0..t1-1: 4 tokens per tile call
+    (zero accumulators `quad`), then one by one (`single`)."""
     t4 = t1 - (t1 - t0) % 4
     for t in range(t0, t4, 4):
-        v = _zeros4()
-        for c in range(nc):
-            v = dot_i2s_t4(v, w, row + 32 * c, q, t * K + I2S_BLOCK * c, K, isa)
-        for n in range(4):
-            out[t + n, m] = _i2s_epilogue(hsum_i32(v[n]), act_sum[t + n], s[t + n], scale)
+        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa), w, wis, bb, t, 4, m, s, act_sum, out)
     for t in range(t4, t1):
-        v1 = i32x8_zero()
-        for c in range(0, nc - 3, 4):
-            v1 = dot_i2s4(v1, w, row + 32 * c, q, t * K + I2S_BLOCK * c, isa)
-        for c in range(nc - nc % 4, nc):
-            v1 = dot_i2s(v1, w, row + 32 * c, q, t * K + I2S_BLOCK * c, isa)
-        out[t, m] = _i2s_epilogue(hsum_i32(v1), act_sum[t], s[t], scale)
+        _tq_out(_tile_sum(single, w, wis, q, t * K, K, 0, nb, fmt, isa), w, wis, bb, t, 1, m, s, act_sum, out)
+
+
+@njit(cache=True)
+def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1):
+    """Outputs (t0..t1-1, m) of a row of several runs: Σ over its runs of equal d bits, in block order, of
+    f64(D_run)·f64(d_run), D_run = Σu·q − Σq over the run; y = f32(Σ) / s. Tokens 4 per tile call, then one by one."""
+    acc = np.empty(4, np.float64)
+    t4 = t1 - (t1 - t0) % 4
+    t = t0
+    while t < t1:
+        ntok = 4 if t < t4 else 1
+        acc[:] = 0.0
+        b0 = 0
+        while b0 < nb:
+            bits = _d_bits(w, row + bb * b0 + bb - 2)
+            b1 = b0 + 1
+            while b1 < nb and _d_bits(w, row + bb * b1 + bb - 2) == bits:
+                b1 += 1
+            d = np.float64(f16_to_f32(bits))
+            if ntok == 4:
+                v = _tile_sum(_z4(), w, (row,), q, t * K, K, b0, b1, fmt, isa)
+                for n in range(4):
+                    acc[n] += np.float64(hsum_i32(v[n]) - (qcum[t + n, b1] - qcum[t + n, b0])) * d
+            else:
+                acc[0] += (
+                    np.float64(
+                        hsum_i32(_tile_sum(_z1(), w, (row,), q, t * K, K, b0, b1, fmt, isa)[0])
+                        - (qcum[t, b1] - qcum[t, b0])
+                    )
+                    * d
+                )
+            b0 = b1
+        for n in range(ntok):
+            out[t + n, m] = np.float32(acc[n]) / s[t + n]
+        t += ntok
+
+
+@njit(cache=True, inline="always")
+def _tq_i8_rows(w, m, nr, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1):
+    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, TQ formats: rows of one run by the tile
+    intrinsic (2 rows at a time where both are), other rows run by run."""
+    nb = K // QK
+    bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
+    r0 = m * nb * bb
+    one = (_uniform_d(w, r0, nb, bb), nr == 2 and _uniform_d(w, r0 + nb * bb, nb, bb))
+    if one[0] and one[1]:
+        _tq_one_run(w, (r0, r0 + nb * bb), m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z8(), _z2())
+        return
+    for r in range(nr):
+        row = r0 + r * nb * bb
+        if one[r]:
+            _tq_one_run(w, (row,), m + r, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z4(), _z1())
+        else:
+            _tq_runs(w, row, m + r, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1)
+
+
+@njit(cache=True)
+def _block_prefix(q, nb):
+    """qcum[t, b] = Σ q[t, :256·b] (int64, (T, nb + 1)): Σq over any block range of a token row."""
+    qcum = np.zeros((q.shape[0], nb + 1), np.int64)
+    for t in range(q.shape[0]):
+        for b in range(nb):
+            part = np.int64(0)
+            for e in range(QK * b, QK * (b + 1)):
+                part += q[t, e]
+            qcum[t, b + 1] = qcum[t, b] + part
+    return qcum
+
+
+@njit(cache=True, parallel=True)
+def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa):
+    """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs in parallel."""
+    T = q.shape[0]
+    qcum = _block_prefix(q, K // QK)
+    for t0 in range(0, T, TOKEN_TILE):
+        for p in prange((M + 1) // 2):
+            _tq_i8_rows(w, 2 * p, min(2, M - 2 * p), K, q, s, act_sum, qcum, out, fmt, isa, t0, min(T, t0 + TOKEN_TILE))
+
+
+@njit(cache=True, inline="always")
+def _i2s_out(acc, nr, t, ntok, m, s, act_sum, scale, out):
+    """bitnet.cpp's I2_S epilogue for rows m.. and tokens t.. of a tile."""
+    for r in range(nr):
+        for n in range(ntok):
+            out[t + n, m + r] = _i2s_epilogue(hsum_i32(acc[r * ntok + n]), act_sum[t + n], s[t + n], scale)
+
+
+@njit(cache=True, inline="always")
+def _i2s_rows(w, m, nr, K, q, s, act_sum, out, isa, t0, t1, scale):
+    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, I2_S: 2 rows × 4 tokens per tile call, then
+    single tokens (one row when M is odd)."""
+    nc = K // I2S_BLOCK
+    r0 = m * (K // 4)
+    r1 = r0 + K // 4
+    t4 = t1 - (t1 - t0) % 4
+    if nr == 2:
+        for t in range(t0, t4, 4):
+            _i2s_out(
+                _tile_sum(_z8(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa), 2, t, 4, m, s, act_sum, scale, out
+            )
+        for t in range(t4, t1):
+            _i2s_out(
+                _tile_sum(_z2(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa), 2, t, 1, m, s, act_sum, scale, out
+            )
+        return
+    for t in range(t0, t4, 4):
+        _i2s_out(_tile_sum(_z4(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa), 1, t, 4, m, s, act_sum, scale, out)
+    for t in range(t4, t1):
+        _i2s_out(_tile_sum(_z1(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa), 1, t, 1, m, s, act_sum, scale, out)
 
 
 @njit(cache=True, parallel=True)
 def _simd_i2s(w, M, K, q, s, act_sum, out, isa):
-    """bitnet profile, I2_S, on the SIMD path, token tile by token tile."""
+    """bitnet profile, I2_S, on the SIMD path: token tile by token tile, row pairs in parallel."""
     T = q.shape[0]
     scale = _i2s_scale(w, M, K)
     for t0 in range(0, T, TOKEN_TILE):
-        for m in prange(M):
-            _i2s_rows(w, m, K, q, s, act_sum, out, isa, t0, min(T, t0 + TOKEN_TILE), scale)
+        for p in prange((M + 1) // 2):
+            _i2s_rows(w, 2 * p, min(2, M - 2 * p), K, q, s, act_sum, out, isa, t0, min(T, t0 + TOKEN_TILE), scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -466,11 +555,15 @@ def _portable_q8k(w, M, K, qs, dx, bsums, out, fmt):
 
 
 @njit(cache=True, parallel=True)
-def _portable_i8(w, M, K, q, s, act_sum, qsum, out, fmt):
-    """bitnet profile on the portable path (qsum: per-block Σq for the TQ formats)."""
+def _portable_i8(w, M, K, q, s, act_sum, out, fmt):
+    """bitnet profile on the portable path."""
     F, bb, be = _layout(fmt)
     nblk = K // be
     ap = _act_planes(q, fmt, nblk, _field_elements(fmt))
+    qsum = np.zeros((q.shape[0], nblk), np.int64)  # Σq of each block (TQ: D_b = Σu·q − Σq)
+    for t in range(q.shape[0]):
+        for e in range(K):
+            qsum[t, e // be] += q[t, e]
     scale = _i2s_scale(w, M, K) if _is_i2s(fmt) else np.float32(0.0)
     for task in prange((M + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         planes = np.empty((F, nblk * bb), np.uint8)
@@ -481,11 +574,15 @@ def _portable_i8(w, M, K, q, s, act_sum, qsum, out, fmt):
                 if _is_i2s(fmt):
                     out[t, m] = _i2s_epilogue(_plane_dot(planes, ap[t], 0, nblk * bb), act_sum[t], s[t], scale)
                     continue
-                acc = np.float32(0.0)
+                acc = np.float64(0.0)
+                D = np.int64(0)
                 for b in range(nblk):
-                    sumi = _plane_dot(planes, ap[t], bb * b, bb * (b + 1))
-                    acc = _tq_i8_epilogue(sumi, qsum[t, b], _f16_at(w, row + bb * b + bb - 2), acc)
-                out[t, m] = acc / s[t]
+                    D += _plane_dot(planes, ap[t], bb * b, bb * (b + 1)) - qsum[t, b]
+                    bits = _d_bits(w, row + bb * b + bb - 2)
+                    if b == nblk - 1 or _d_bits(w, row + bb * (b + 1) + bb - 2) != bits:  # the run ends
+                        acc += np.float64(D) * np.float64(f16_to_f32(bits))
+                        D = 0
+                out[t, m] = np.float32(acc) / s[t]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -502,11 +599,10 @@ def _q8k(w, M, K, qs, d, bsums, out, fmt, isa):
 
 @njit(cache=True)
 def _tq_i8(w, M, K, q, s, act_sum, out, fmt, isa):
-    qsum = _block_sums(q, K // QK)
     if isa == ISA_PORTABLE:
-        _portable_i8(w, M, K, q, s, act_sum, qsum, out, fmt)
+        _portable_i8(w, M, K, q, s, act_sum, out, fmt)
     else:
-        _simd_tq_i8(w, M, K, q, s, qsum, out, fmt, isa)
+        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa)
 
 
 @njit(cache=True)
@@ -549,7 +645,7 @@ def matmul_tq1_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
 def matmul_i2s_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
     """out[t, m] = ((f32)Σu·q − (f32)act_sum[t]) / s[t] · scale for I2_S (x86 128-block) row m and int8 row t."""
     if isa == ISA_PORTABLE:
-        _portable_i8(w, M, K, q, s, act_sum, np.empty((0, 0), np.int32), out, FMT_I2S)
+        _portable_i8(w, M, K, q, s, act_sum, out, FMT_I2S)
     else:
         _simd_i2s(w, M, K, q, s, act_sum, out, isa)
 
@@ -557,7 +653,7 @@ def matmul_i2s_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
 @njit(cache=True)
 def matmul_i2s_arm_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
     """matmul_i2s_i8 for the ARM 64-block layout (portable path whatever `isa`)."""
-    _portable_i8(w, M, K, q, s, act_sum, np.empty((0, 0), np.int32), out, FMT_I2S_ARM)
+    _portable_i8(w, M, K, q, s, act_sum, out, FMT_I2S_ARM)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
