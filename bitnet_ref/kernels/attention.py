@@ -163,19 +163,24 @@ def _row(r, R, t0, g, n_gqa, hd):
 def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
     """Blocked order: out rows of queries t0..t1-1 for the n_gqa heads of KV head g (row r = (t − t0)·n_gqa + head);
     kt_cache (n_kv·hd, n_ctx) holds K transposed, v_cache (n_ctx, n_kv·hd) V by position (all C-contiguous f32).
-    Rows go 4 at a time with 16 keys (scores) or 16 dims (outputs) in two registers, each lane one sequential sum;
-    the keys and dims left over are summed one by one in the same order."""
+    Rows go 4 at a time with 16 keys (scores; the last chunk padded) or 16 dims (outputs) in two registers, each lane
+    one sequential sum; dims left over (head_dim not a multiple of 16) are summed one by one in the same order."""
     hd = s.head_dim
     n_gqa = s.n_head // s.n_head_kv
     R = (t1 - t0) * n_gqa
     n = start_pos + t1  # keys 0..n-1 cover every query of the block
     n_ctx, vw = kt_cache.shape[1], v_cache.shape[1]
-    p = np.zeros((R, n), np.float32)  # scores, then probabilities; cells past a row's position stay 0
+    n16 = (n + 15) // 16 * 16
+    p = np.zeros((R, n16), np.float32)  # scores, then probabilities; cells past a row's position are set to 0
     kb = np.empty(hd * 16, np.float32)  # K of 16 keys, packed (d, key): the rows of a group read it contiguously
-    for jc in range(0, n - n % 16, 16):  # s_j = Σ_d q_d·K_j,d, d ascending
+    for jc in range(0, n, 16):  # s_j = Σ_d q_d·K_j,d, d ascending
         for d in range(hd):
-            f32x8_store(kb, 16 * d, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc))
-            f32x8_store(kb, 16 * d + 8, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc + 8))
+            if jc + 16 <= n_ctx:  # cells past n hold stale or zero keys: their scores are overwritten below
+                f32x8_store(kb, 16 * d, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc))
+                f32x8_store(kb, 16 * d + 8, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc + 8))
+            else:
+                for i in range(16):
+                    kb[16 * d + i] = kt_cache[g * hd + d, jc + i] if jc + i < n else np.float32(0)
         for r0 in range(0, R, 4):
             u0, c0 = _row(r0, R, t0, g, n_gqa, hd)
             u1, c1 = _row(r0 + 1, R, t0, g, n_gqa, hd)
@@ -193,16 +198,10 @@ def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
                 a3, b3 = f32x8_mul_add(a3, x3, ka), f32x8_mul_add(b3, x3, kc)
             for k, (a, b) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3))):
                 if r0 + k < R:
-                    f32x8_store(p, (r0 + k) * n + jc, a)
-                    f32x8_store(p, (r0 + k) * n + jc + 8, b)
+                    f32x8_store(p, (r0 + k) * n16 + jc, a)
+                    f32x8_store(p, (r0 + k) * n16 + jc + 8, b)
     for r in range(R):
-        t, c = _row(r, R, t0, g, n_gqa, hd)
-        for j in range(n - n % 16, start_pos + t + 1):
-            acc = np.float32(0)
-            for d in range(hd):
-                acc += q[t, c + d] * kt_cache[g * hd + d, j]
-            p[r, j] = acc
-        p[r, start_pos + t + 1 :] = 0  # cells past the row's position
+        p[r, start_pos + t0 + r // n_gqa + 1 :] = 0  # cells past the row's position
     for r in range(R):
         n_r = start_pos + t0 + r // n_gqa + 1
         pr = p[r, :n_r]
