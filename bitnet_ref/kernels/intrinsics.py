@@ -680,7 +680,7 @@ def _dot_intrinsic(what: str, make_codes, ntok: int, with_bsums: bool):
 # ---------------------------------------------------------------------------------------------------------------------
 # ternary dot intrinsics
 
-_TQ2, _TQ1, _I2S, _I2S2 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(2)
+_TQ2, _TQ1, _I2S, _I2S2, _I2S4 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i2s(2), _codes_i2s(4)
 
 
 @intrinsic
@@ -732,6 +732,7 @@ def dot_i2s_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, is
 TILE_MADDUBS = 32  # vpmaddubsw sums an int16 lane of the AVX2 tile may add before widening: 32·768 < 2^15
 TILE_BLOCKS_TQ = TILE_MADDUBS // 8  # a TQ2_0 / TQ1_0 block takes 8 vpmaddubsw per token and row
 TILE_CHUNKS_I2S = TILE_MADDUBS // 4  # an I2_S chunk takes 4
+TILE_QUADS_I2S = TILE_MADDUBS // 16  # four I2_S chunks (tile_i2s4's block) take 16
 
 
 def _tree_add(b, vs):
@@ -780,8 +781,8 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
     """Typer of `what`(acc, w, wis, a, ai, astride, j0, nblocks, isa): acc + lanes of Σ u·q for the rows whose block 0
     starts at w[wis[r]] (R = len(wis) rows, blocks `block_bytes` apart) and the N = len(acc) / R tokens at
     a[ai + n·astride + block_elems·j + e], over blocks j0 ≤ j < j0 + nblocks. The caller keeps nblocks within
-    TILE_BLOCKS_TQ or TILE_CHUNKS_I2S: AVX2 keeps int16 partial sums over the call. acc[r·N + n] is the accumulator of
-    row r and token n."""
+    TILE_BLOCKS_TQ, TILE_CHUNKS_I2S or TILE_QUADS_I2S: AVX2 keeps int16 partial sums over the call. acc[r·N + n] is
+    the accumulator of row r and token n."""
 
     def typer(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
         _c_array(w, what)
@@ -848,5 +849,13 @@ def tile_tq1(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
 def tile_i2s(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
     """Integer lanes of I2_S chunks (32 bytes, 128 elements each) for R rows × N tokens (_tile_intrinsic)."""
     return _tile_intrinsic("tile_i2s", _I2S, I2_S.BLOCK_BYTES, I2_S.BLOCK_ELEMS)(
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+    )
+
+
+@intrinsic
+def tile_i2s4(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+    """tile_i2s on blocks of four I2_S chunks (128 bytes, 512 elements): more work per step of the block loop."""
+    return _tile_intrinsic("tile_i2s4", _I2S4, 4 * I2_S.BLOCK_BYTES, 4 * I2_S.BLOCK_ELEMS)(
         typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
     )
