@@ -493,7 +493,7 @@ def _madd_ones(builder, v16):
 
 
 def _dot_avx2(builder, acc, pairs, sub16):
-    """acc + lanes of Σ u·q (− sub16) with vpmaddubsw, all partial sums in int16, one vpmaddwd to int32.
+    """acc + lanes of Σ u·q − sub16 with vpmaddubsw, all partial sums in int16, one vpmaddwd to int32.
 
     Exact: |u·q pair sum| ≤ 2·3·128 = 768 per vpmaddubsw, at most 16 of them (12288) plus |sub16| ≤ 16·128 per lane.
     """
@@ -501,19 +501,17 @@ def _dot_avx2(builder, acc, pairs, sub16):
     for u, q in pairs:
         p = _maddubs(builder, u, q)
         s16 = p if s16 is None else builder.add(s16, p)
-    if sub16 is not None:
-        s16 = builder.sub(s16, sub16)
+    s16 = builder.sub(s16, sub16)
     return builder.add(acc, _madd_ones(builder, s16))
 
 
 def _dot_vnni(builder, acc, pairs, sub16):
-    """acc + lanes of Σ u·q (− sub16) with vpdpbusd (the AVX2 arithmetic on a host without avx512vnni)."""
+    """acc + lanes of Σ u·q − sub16 with vpdpbusd (the AVX2 arithmetic on a host without avx512vnni)."""
     if not host_has("avx512vnni", "avx512vl"):
         return _dot_avx2(builder, acc, pairs, sub16)
     for u, q in pairs:
         acc = _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, [acc, u, q])
-    if sub16 is not None:
-        acc = builder.sub(acc, _madd_ones(builder, sub16))
+    acc = builder.sub(acc, _madd_ones(builder, sub16))
     return acc
 
 
@@ -541,7 +539,7 @@ def _by_isa(context, builder, isa, isaty, vnni, avx2):
 
 def _dot_by_isa(context, builder, isa, isaty, accs, emit):
     """The VNNI or AVX2 sequence by `isa` (_by_isa). `emit(builder)` emits, in each branch, one (pairs, sub16) job per
-    token: its (u, q) vector pairs and the optional int16 vector to subtract. Returns acc + lanes for each token."""
+    token: its (u, q) vector pairs and the int16 vector to subtract. Returns acc + lanes for each token."""
 
     def seq(dot):
         return lambda b: [dot(b, acc, *job) for acc, job in zip(accs, emit(b), strict=True)]
@@ -608,19 +606,17 @@ def _codes_tq1(b, ld_w):
     return out + [(_concat16(b, t1[0], t1[1]), 160), (_concat16(b, t1[2], t1[3]), 192), (_concat16(b, t1[4], th), 224)]
 
 
-def _arg_names(ntok: int, with_bsums: bool) -> list[str]:
-    names = ["acc", "w", "wi", "a", "ai"] + (["astride"] if ntok > 1 else [])
-    if with_bsums:
-        names += ["bsums", "bi"] + (["bstride"] if ntok > 1 else [])
-    return names + ["isa"]
+def _arg_names(ntok: int) -> list[str]:
+    stride = ntok > 1
+    return ["acc", "w", "wi", "a", "ai"] + ["astride"] * stride + ["bsums", "bi"] + ["bstride"] * stride + ["isa"]
 
 
-def _dot_codegen(make_codes, ntok: int, with_bsums: bool):
-    """Codegen of acc + lanes of Σ u·q (minus Q8_K bsums pairs) for the weight bytes at w[wi], decoded once, against
+def _dot_codegen(make_codes, ntok: int):
+    """Codegen of acc + lanes of Σ u·q minus Q8_K bsums pairs for the weight bytes at w[wi], decoded once, against
     the activations of ntok tokens at a[ai + n·astride :] (bsums at bsums[bi + n·bstride :])."""
 
     def codegen(context, builder, sig, args):
-        v = dict(zip(_arg_names(ntok, with_bsums), zip(args, sig.args, strict=True), strict=True))
+        v = dict(zip(_arg_names(ntok), zip(args, sig.args, strict=True), strict=True))
 
         def idx(name):
             return context.cast(builder, *v[name], types.intp) if name in v else ir.Constant(_I64, 0)
@@ -646,11 +642,8 @@ def _dot_codegen(make_codes, ntok: int, with_bsums: bool):
                     )
                     for u, off in codes
                 ]
-                sub16 = None
-                if with_bsums:
-                    bi = b.add(b0, b.mul(bstr, ir.Constant(_I64, n)))
-                    sub16 = _load(context, b, v["bsums"][1], v["bsums"][0], bi, types.intp, _V16I16)
-                jobs.append((pairs, sub16))
+                bi = b.add(b0, b.mul(bstr, ir.Constant(_I64, n)))
+                jobs.append((pairs, _load(context, b, v["bsums"][1], v["bsums"][0], bi, types.intp, _V16I16)))
             return jobs
 
         res = _dot_by_isa(context, builder, *v["isa"], accs, emit)
@@ -659,20 +652,19 @@ def _dot_codegen(make_codes, ntok: int, with_bsums: bool):
     return codegen
 
 
-def _dot_intrinsic(what: str, make_codes, ntok: int, with_bsums: bool):
+def _dot_intrinsic(what: str, make_codes, ntok: int):
     """An intrinsic over `make_codes` blocks for ntok tokens; arguments as _arg_names; returns I32x8 or a tuple."""
     acc_type = i32x8 if ntok == 1 else types.UniTuple(i32x8, ntok)
 
     def typer(typingctx, *args):
-        v = dict(zip(_arg_names(ntok, with_bsums), args, strict=True))
+        v = dict(zip(_arg_names(ntok), args, strict=True))
         for name, dtype in (("w", types.uint8), ("a", types.int8), ("bsums", types.int16)):
-            if name in v:
-                _c_array(v[name], what)
-                if v[name].dtype != dtype:
-                    raise TypeError(f"{what}: {name} must be {dtype}, got {v[name].dtype}")
+            _c_array(v[name], what)
+            if v[name].dtype != dtype:
+                raise TypeError(f"{what}: {name} must be {dtype}, got {v[name].dtype}")
         if v["acc"] != acc_type:
             raise TypeError(f"{what}: acc must be {acc_type}, got {v['acc']}")
-        return acc_type(*args), _dot_codegen(make_codes, ntok, with_bsums)
+        return acc_type(*args), _dot_codegen(make_codes, ntok)
 
     return typer
 
@@ -686,26 +678,26 @@ _TQ2, _TQ1, _I2S, _I2S2, _I2S4 = _codes_tq2, _codes_tq1, _codes_i2s(1), _codes_i
 @intrinsic
 def dot_tq2_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
     """dot_tq2 − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of one TQ2_0 · Q8_K block."""
-    return _dot_intrinsic("dot_tq2_q8k", _TQ2, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+    return _dot_intrinsic("dot_tq2_q8k", _TQ2, 1)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
 
 
 @intrinsic
 def dot_tq1_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
     """dot_tq1 − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of one TQ1_0 · Q8_K block."""
-    return _dot_intrinsic("dot_tq1_q8k", _TQ1, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+    return _dot_intrinsic("dot_tq1_q8k", _TQ1, 1)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
 
 
 @intrinsic
 def dot_i2s_q8k(typingctx, acc, w, wi, a, ai, bsums, bi, isa):
     """Two I2_S chunks (64 bytes at w[wi], 256 elements) − (bsums[bi+2k] + bsums[bi+2k+1]) in lane k: ggml's L_k of
     the TQ2_0 block holding the same codes (I2_S byte p of chunk c holds elements with e mod 32 = p, like TQ2_0)."""
-    return _dot_intrinsic("dot_i2s_q8k", _I2S2, 1, True)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
+    return _dot_intrinsic("dot_i2s_q8k", _I2S2, 1)(typingctx, acc, w, wi, a, ai, bsums, bi, isa)
 
 
 @intrinsic
 def dot_tq2_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
     """dot_tq2_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
-    return _dot_intrinsic("dot_tq2_q8k_t4", _TQ2, 4, True)(
+    return _dot_intrinsic("dot_tq2_q8k_t4", _TQ2, 4)(
         typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
     )
 
@@ -713,7 +705,7 @@ def dot_tq2_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, is
 @intrinsic
 def dot_tq1_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
     """dot_tq1_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
-    return _dot_intrinsic("dot_tq1_q8k_t4", _TQ1, 4, True)(
+    return _dot_intrinsic("dot_tq1_q8k_t4", _TQ1, 4)(
         typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
     )
 
@@ -721,7 +713,7 @@ def dot_tq1_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, is
 @intrinsic
 def dot_i2s_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa):
     """dot_i2s_q8k for 4 tokens (activations at a[ai + n·astride], bsums at bsums[bi + n·bstride]), decoded once."""
-    return _dot_intrinsic("dot_i2s_q8k_t4", _I2S2, 4, True)(
+    return _dot_intrinsic("dot_i2s_q8k_t4", _I2S2, 4)(
         typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, isa
     )
 
