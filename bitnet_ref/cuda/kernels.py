@@ -59,9 +59,15 @@ def weight_value(w, i, is_f16):
 
 
 @device
+def _f16_bits(w, o):
+    """The bits of the f16 stored little-endian at w[o], w[o+1]."""
+    return int(w[o]) | (int(w[o + 1]) << 8)
+
+
+@device
 def _block_d(w, o):
     """The f16 d stored little-endian at w[o], w[o+1]."""
-    return f16_bits_to_f32(int(w[o]) | (int(w[o + 1]) << 8))
+    return f16_bits_to_f32(_f16_bits(w, o))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,8 +173,7 @@ def _tq_row(w, m, K, q, t, tq1):
     for b in range(nb):
         o = (m * nb + b) * bb
         D += _tq1_block(w, o, q, t, QK * b) if tq1 else _tq2_block(w, o, q, t, QK * b)
-        bits = int(w[o + bb - 2]) | (int(w[o + bb - 1]) << 8)
-        if b == nb - 1 or (int(w[o + 2 * bb - 2]) | (int(w[o + 2 * bb - 1]) << 8)) != bits:  # the run ends
+        if b == nb - 1 or _f16_bits(w, o + 2 * bb - 2) != _f16_bits(w, o + bb - 2):  # the run ends
             acc += np.float64(D) * np.float64(_block_d(w, o + bb - 2))
             D = 0
     return np.float32(acc)

@@ -224,13 +224,13 @@ def _tile(acc, w, wis, a, ai, astride, j0, nblocks, fmt, isa):
 
 @njit(cache=True, inline="always")
 def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa):
-    """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow (I2_S: whole
-    groups of four chunks by tile_i2s4 from b0 = 0, the chunks left by tile_i2s)."""
+    """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow. I2_S rows
+    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s."""
     if _is_i2s(fmt):
-        n4 = b1 // 4 if b0 == 0 else 0
+        n4 = b1 // 4
         for j in range(0, n4, TILE_QUADS_I2S):
             acc = tile_i2s4(acc, w, wis, a, ai, astride, j, min(TILE_QUADS_I2S, n4 - j), isa)
-        b0 = max(b0, 4 * n4)
+        b0 = 4 * n4
     step = TILE_BLOCKS_TQ if not _is_i2s(fmt) else TILE_CHUNKS_I2S
     for j in range(b0, b1, step):
         acc = _tile(acc, w, wis, a, ai, astride, j, min(step, b1 - j), fmt, isa)
