@@ -43,10 +43,11 @@ from bitnet_ref.numerics import PROFILES
 # tests: elementwise and norm
 
 
+@pytest.mark.parametrize("T", [5, 37])  # one thread; the rows spread over the thread pool (T > SERIAL_ROWS)
 @pytest.mark.parametrize("double_sum", [True, False])
-def test_rmsnorm_matches_twin(double_sum):
+def test_rmsnorm_matches_twin(double_sum, T):
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal((5, 384)) * rng.uniform(0.01, 30, (5, 1))).astype(F32)
+    x = (rng.standard_normal((T, 384)) * rng.uniform(0.01, 30, (T, 1))).astype(F32)
     x[3] = 0  # all-zero row: scale = 1/sqrt(eps)
     w = (1 + 0.1 * rng.standard_normal(384)).astype(F32)
     out = np.empty_like(x)
@@ -55,9 +56,10 @@ def test_rmsnorm_matches_twin(double_sum):
     assert np.all(out[3] == 0)
 
 
-def test_rmsnorm_in_place():
+@pytest.mark.parametrize("T", [3, 20])
+def test_rmsnorm_in_place(T):
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((3, 100)).astype(F32)
+    x = rng.standard_normal((T, 100)).astype(F32)
     w = rng.standard_normal(100).astype(F32)
     want = np.empty_like(x)
     norm.rmsnorm(x, w, 1e-6, True, want)
