@@ -64,7 +64,8 @@ class Linear:
     activation: str  # the profile's activation kind for this weight type (numerics.ACTIVATION_KINDS)
     kernel: Callable  # KERNELS[(fmt, activation, device)]
     scale: float | None  # llama.cpp's optional 1-element `<proj>.scale`, multiplied onto the output
-    params: tuple = ()  # what the kernel needs beyond the bytes: TL1/TL2 (BM, BK, bm, value of `<name>_scale`)
+    params: tuple = ()  # what the kernel needs beyond the bytes: TL1/TL2 (BM, BK, bm, value of `<name>_scale`);
+    # TQ1_0/TQ2_0 under int8 tokens (the one-run flags of its rows)
 
     @property
     def type(self) -> GGMLType:
@@ -175,6 +176,16 @@ def _packed(matmul: Callable) -> Callable:
     return run
 
 
+def _tq_bitlinear(matmul: Callable) -> Callable:
+    """TQ1_0/TQ2_0 weights under BitLinear's per-token int8 input: the kernel reads which rows are one run of equal
+    block d from `params` (ternary.one_run_rows, once at load time)."""
+
+    def run(lin: Linear, act: tuple[np.ndarray, ...], nm: Numerics, out: np.ndarray) -> None:
+        matmul(lin.data, lin.rows, lin.cols, *act, out, ternary.DEFAULT_ISA, lin.params[0])
+
+    return run
+
+
 def _tl(matmul: Callable) -> Callable:
     """TL1/TL2 weights: bitnet.cpp's lookup-table product on the tiles, int8 rows (either TL or BitLinear quantizer)."""
 
@@ -202,9 +213,9 @@ KERNELS: dict[tuple[type[Format], str, str], Callable] = {
     (F.IQ2_S, "q8_k", CPU): _packed(iq2s.matmul_iq2s_q8k),
     (F.IQ2_S, "i8_token", CPU): _packed(iq2s.matmul_iq2s_i8),
     (F.TQ1_0, "q8_k", CPU): _packed(ternary.matmul_tq1_0_q8k),
-    (F.TQ1_0, "i8_token", CPU): _packed(ternary.matmul_tq1_0_i8),
+    (F.TQ1_0, "i8_token", CPU): _tq_bitlinear(ternary.matmul_tq1_0_i8),
     (F.TQ2_0, "q8_k", CPU): _packed(ternary.matmul_tq2_0_q8k),
-    (F.TQ2_0, "i8_token", CPU): _packed(ternary.matmul_tq2_0_i8),
+    (F.TQ2_0, "i8_token", CPU): _tq_bitlinear(ternary.matmul_tq2_0_i8),
     (F.I2_S, "q8_k", CPU): _packed(ternary.matmul_i2s_q8k),
     (F.I2_S, "i8_token", CPU): _packed(ternary.matmul_i2s_i8),
     (F.I2_S_ARM, "q8_k", CPU): _packed(ternary.matmul_i2s_arm_q8k),

@@ -123,6 +123,8 @@ def _linear(gguf: GGUFFile, name: str, numerics: Numerics, layout: Layout, bitli
         if fmt.SCALE_TENSOR:
             params = (*layout.tiling(fmt, info.rows, info.cols), float(gguf.tl_scale(name)[0]))
         check_weight(fmt, raw, info.rows, info.cols, kind, params)
+        if fmt in (formats.TQ1_0, formats.TQ2_0) and kind == "i8_token":
+            params = (ternary.one_run_rows(fmt.NAME, raw, info.rows, info.cols),)
     except (FormatError, ConfigError, ScaleError) as e:
         raise UnsupportedFormatError(f"{gguf.path}: tensor {name} under numerics {numerics.name!r}: {e}") from None
     return Linear(name, fmt, info.rows, info.cols, _typed_view(raw, info.type), kind, kernel, scale, params)

@@ -11,6 +11,7 @@ import numba
 import numpy as np
 import pytest
 
+from bitnet_ref.errors import FormatError
 from bitnet_ref.kernels import actquant, intrinsics, scalar, ternary
 from bitnet_ref.kernels.isa import ISA_NAMES, available_isas, host_features, isa_id
 
@@ -390,12 +391,13 @@ def test_quantize_i8_rows_matches_bitnet_cpp(T, K):
 # tests: ternary products
 
 
-def run_kernel(fmt: str, act: str, w, M: int, K: int, acts, isa: int) -> np.ndarray:
-    """Call matmul_<fmt>_<act> after the argument checks; returns out (T, M)."""
+def run_kernel(fmt: str, act: str, w, M: int, K: int, acts, isa: int, runs=None) -> np.ndarray:
+    """Call matmul_<fmt>_<act> after the argument checks (with the TQ rows' one-run flags where given); returns out
+    (T, M)."""
     out = np.full((acts[0].shape[0], M), np.nan, F32)
     ternary.check_matmul(fmt, act, w, M, K, *acts, out)
     fn = getattr(ternary, f"matmul_{fmt}_{act}".replace("i2_s", "i2s"))
-    fn(w, M, K, *acts, out, isa)
+    fn(w, M, K, *acts, out, isa, **({} if runs is None else {"runs": runs}))
     return out
 
 
@@ -440,6 +442,31 @@ def test_bitnet_profile_matches_twin(fmt, M, K, T):
             want = twin_tq_i8(codes, scales, q, s)
         for isa in ISAS:
             assert_same(run_kernel(fmt, "i8", w, M, K, acts, isa), want, f"{fmt} i8 {ISA_NAMES[isa]} {M}x{K} T={T}")
+            if fmt.startswith("tq"):  # with the one-run flags read at load time, as the engine calls it
+                got = run_kernel(fmt, "i8", w, M, K, acts, isa, ternary.one_run_rows(fmt, w, M, K))
+                assert_same(got, want, f"{fmt} i8 {ISA_NAMES[isa]} {M}x{K} T={T} runs")
+
+
+@pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0"])
+def test_one_run_rows_flags_rows_of_one_d(fmt):
+    """one_run_rows is 1 exactly where every block of the row has the same f16 d bits (-0.0 and +0.0 differ)."""
+    rng = np.random.default_rng(11)
+    M, K = 9, 1024
+    d = block_ds(rng, M, K // 256)
+    d[5] = np.float16(0.0)
+    d[5, 2] = np.float16(-0.0)  # equal as floats, not as bits: two runs
+    d[6] = np.float16(0.0)
+    codes = special_codes(rng, M, K)
+    w = readonly(pack_tq2_0(codes, d) if fmt == "tq2_0" else pack_tq1_0(codes, d))
+    bits = d.view(np.uint16)
+    want = (bits == bits[:, :1]).all(axis=1).astype(np.uint8)
+    assert want.tolist()[:2] == [1, 1] and want[3] == 0 and want[5] == 0 and want[6] == 1
+    assert ternary.one_run_rows(fmt, w, M, K).tolist() == want.tolist()
+
+
+def test_one_run_rows_rejects_formats_without_block_d():
+    with pytest.raises(FormatError, match="one_run_rows: 'i2_s'"):
+        ternary.one_run_rows("i2_s", np.zeros(1024, np.uint8), 4, 256)
 
 
 def test_i2s_odd_block_count():
@@ -517,16 +544,12 @@ def test_default_isa_is_reported():
 )
 def test_check_weight_rejects_bad_shapes(fmt, M, K, nbytes):
     """K not a multiple of the block, too few bytes, no rows or an unknown format raise FormatError."""
-    from bitnet_ref.errors import FormatError
-
     with pytest.raises(FormatError):
         ternary.check_weight(fmt, np.zeros(nbytes, np.uint8), M, K)
 
 
 def test_check_matmul_rejects_bad_activations():
     """Wrong dtype, shape or a missing array raise FormatError naming the kernel."""
-    from bitnet_ref.errors import FormatError
-
     w = np.zeros(66 * 2, np.uint8)
     q, s, a = np.zeros((1, 256), np.int8), np.zeros(1, F32), np.zeros(1, np.int32)
     ternary.check_matmul("tq2_0", "i8", w, 2, 256, q, s, a, np.zeros((1, 2), F32))

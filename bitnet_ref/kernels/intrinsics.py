@@ -378,6 +378,29 @@ def hsum_i32(typingctx, acc):
 # fma_lanes: ggml's float-dot inner loop over arrays, accumulators in registers
 
 
+def _prefetch(b, ptr):
+    """llvm.prefetch of the cache line at ptr (read, all cache levels): a hint that never faults."""
+    fn = cgutils.get_or_insert_function(
+        b.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0i8"
+    )
+    b.call(fn, [b.bitcast(ptr, _I8.as_pointer()), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Hint that a[i] (flat index into a C-contiguous array) is read soon: its cache line is fetched without waiting
+    (_prefetch; any address, no effect on results)."""
+    if not (isinstance(a, types.Array) and a.layout == "C" and isinstance(i, types.Integer)):
+        raise TypeError(f"prefetch: expected a C-contiguous array and an integer index, got {a}, {i}")
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, value=args[0]).data
+        _prefetch(builder, builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)]))
+        return context.get_dummy_value()
+
+    return types.none(a, i), codegen
+
+
 def _load8(context, builder, aryty, ary, offset):
     """<8 x float> at element `offset` of a contiguous array: f32 loaded as is, f16 bits (uint16) converted exactly."""
     data = context.make_array(aryty)(context, builder, ary).data
@@ -734,12 +757,13 @@ def _tree_add(b, vs):
     return vs[0]
 
 
-def _tile_avx2(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w):
+def _tile_avx2(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w, pf):
     """accs[r·N + n] + lanes of rows × tokens over blocks j0 .. j0+nblocks-1: each block's vpmaddubsw products, summed
     as a tree, added into one int16 accumulator per (row, token) for the whole call, then one vpmaddwd with ones."""
     s16 = [cgutils.alloca_once_value(b, ir.Constant(_V16I16, None)) for _ in accs]
     with cgutils.for_range(b, nblocks) as loop:
         j = b.add(j0, loop.index)
+        pf(j)
         codes = [make_codes(b, ld_w(r, j)) for r in range(rows)]
         prods = [[] for _ in accs]
         for i, (_, off) in enumerate(codes[0]):
@@ -752,13 +776,14 @@ def _tile_avx2(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w):
     return [b.add(acc, _madd_ones(b, b.load(slot))) for acc, slot in zip(accs, s16, strict=True)]
 
 
-def _tile_vnni(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w):
+def _tile_vnni(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w, pf):
     """The same lanes with vpdpbusd into int32, even and odd pairs in two chains (added at the end) for latency."""
     slots = [
         [cgutils.alloca_once_value(b, acc), cgutils.alloca_once_value(b, ir.Constant(_V8I32, None))] for acc in accs
     ]
     with cgutils.for_range(b, nblocks) as loop:
         j = b.add(j0, loop.index)
+        pf(j)
         codes = [make_codes(b, ld_w(r, j)) for r in range(rows)]
         for i, (_, off) in enumerate(codes[0]):
             for n in range(ntok):
@@ -770,13 +795,13 @@ def _tile_vnni(b, accs, rows, ntok, ld_act, j0, nblocks, make_codes, ld_w):
 
 
 def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
-    """Typer of `what`(acc, w, wis, a, ai, astride, j0, nblocks, isa): acc + lanes of Σ u·q for the rows whose block 0
-    starts at w[wis[r]] (R = len(wis) rows, blocks `block_bytes` apart) and the N = len(acc) / R tokens at
+    """Typer of `what`(acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa): acc + lanes of Σ u·q for the rows whose
+    block 0 starts at w[wis[r]] (R = len(wis) rows, blocks `block_bytes` apart) and the N = len(acc) / R tokens at
     a[ai + n·astride + block_elems·j + e], over blocks j0 ≤ j < j0 + nblocks. The caller keeps nblocks within
     TILE_BLOCKS_TQ, TILE_CHUNKS_I2S or TILE_QUADS_I2S: AVX2 keeps int16 partial sums over the call. acc[r·N + n] is
-    the accumulator of row r and token n."""
+    the accumulator of row r and token n. Each block read prefetches the cache lines `ahead` bytes further on."""
 
-    def typer(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+    def typer(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
         _c_array(w, what)
         _c_array(a, what)
         if w.dtype != types.uint8 or a.dtype != types.int8:
@@ -789,14 +814,16 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
         ntok = acc.count // rows
 
         def codegen(context, builder, sig, args):
-            acc_v, w_v, wis_v, a_v, ai_v, astr_v, j0_v, nb_v, isa_v = args
-            _, wty, wisty, aty, aity, astrty, j0ty, nbty, isaty = sig.args
+            acc_v, w_v, wis_v, a_v, ai_v, astr_v, j0_v, nb_v, ahead_v, isa_v = args
+            _, wty, wisty, aty, aity, astrty, j0ty, nbty, aheadty, isaty = sig.args
             accs = [builder.extract_value(acc_v, k) for k in range(acc.count)]
             w0 = [context.cast(builder, builder.extract_value(wis_v, r), wisty.dtype, types.intp) for r in range(rows)]
             a0 = context.cast(builder, ai_v, aity, types.intp)
             astr = context.cast(builder, astr_v, astrty, types.intp)
             j0 = context.cast(builder, j0_v, j0ty, types.intp)
             nblocks = context.cast(builder, nb_v, nbty, types.intp)
+            ahead = context.cast(builder, ahead_v, aheadty, types.intp)
+            data = context.make_array(wty)(context, builder, value=w_v).data
 
             def ld_w(r, j):
                 base = builder.add(w0[r], builder.mul(j, ir.Constant(_I64, block_bytes)))
@@ -809,45 +836,51 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
                 i = builder.add(i, builder.add(builder.mul(j, ir.Constant(_I64, block_elems)), ir.Constant(_I64, off)))
                 return _load(context, builder, aty, a_v, i, types.intp, _V32I8)
 
-            tile = (rows, ntok, ld_act, j0, nblocks, make_codes, ld_w)
+            def pf(j):
+                for r in range(rows):
+                    base = builder.add(builder.add(w0[r], builder.mul(j, ir.Constant(_I64, block_bytes))), ahead)
+                    for off in range(0, block_bytes, 64):
+                        _prefetch(builder, builder.gep(data, [builder.add(base, ir.Constant(_I64, off))]))
+
+            tile = (rows, ntok, ld_act, j0, nblocks, make_codes, ld_w, pf)
             vnni = _tile_vnni if host_has("avx512vnni", "avx512vl") else _tile_avx2
             out = _by_isa(
                 context, builder, isa_v, isaty, lambda b: vnni(b, accs, *tile), lambda b: _tile_avx2(b, accs, *tile)
             )
             return context.make_tuple(builder, sig.return_type, out)
 
-        return acc(acc, w, wis, a, ai, astride, j0, nblocks, isa), codegen
+        return acc(acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa), codegen
 
     return typer
 
 
 @intrinsic
-def tile_tq2(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+def tile_tq2(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
     """Integer lanes of TQ2_0 blocks for R rows × N tokens (_tile_intrinsic)."""
     return _tile_intrinsic("tile_tq2", _TQ2, TQ2_0.BLOCK_BYTES, TQ2_0.BLOCK_ELEMS)(
-        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa
     )
 
 
 @intrinsic
-def tile_tq1(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+def tile_tq1(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
     """Integer lanes of TQ1_0 blocks for R rows × N tokens (_tile_intrinsic)."""
     return _tile_intrinsic("tile_tq1", _TQ1, TQ1_0.BLOCK_BYTES, TQ1_0.BLOCK_ELEMS)(
-        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa
     )
 
 
 @intrinsic
-def tile_i2s(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+def tile_i2s(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
     """Integer lanes of I2_S chunks (32 bytes, 128 elements each) for R rows × N tokens (_tile_intrinsic)."""
     return _tile_intrinsic("tile_i2s", _I2S, I2_S.BLOCK_BYTES, I2_S.BLOCK_ELEMS)(
-        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa
     )
 
 
 @intrinsic
-def tile_i2s4(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa):
+def tile_i2s4(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
     """tile_i2s on blocks of four I2_S chunks (128 bytes, 512 elements): more work per step of the block loop."""
     return _tile_intrinsic("tile_i2s4", _I2S4, 4 * I2_S.BLOCK_BYTES, 4 * I2_S.BLOCK_ELEMS)(
-        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, isa
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa
     )

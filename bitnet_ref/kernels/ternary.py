@@ -61,6 +61,7 @@ from bitnet_ref.kernels.intrinsics import (
     hsum8,
     hsum_i32,
     i32x8_zero,
+    prefetch,
     tile_i2s,
     tile_i2s4,
     tile_tq1,
@@ -72,11 +73,13 @@ from bitnet_ref.kernels.scalar import round_f16
 QK = TQ2_0.BLOCK_ELEMS  # elements per TQ / Q8_K block (256)
 TQ2_0_BYTES = TQ2_0.BLOCK_BYTES  # 66: qs u8[64] @0, d f16 @64
 TQ1_0_BYTES = TQ1_0.BLOCK_BYTES  # 54: qs u8[48] @0, qh u8[4] @48, d f16 @52
-I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128), in I2_S.BLOCK_BYTES = 32 bytes
+I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128)
+I2S_BYTES = I2_S.BLOCK_BYTES  # 32: its bytes
 I2S_ARM_BLOCK = I2_S_ARM.BLOCK_ELEMS  # elements per I2_S ARM block (64), in 16 bytes
 FMT_TQ2_0, FMT_TQ1_0, FMT_I2S, FMT_I2S_ARM = 0, 1, 2, 3
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
 TOKEN_TILE = 64  # SIMD path: token rows whose activations (64·K bytes) stay in L2 while every weight row passes
+PREFETCH_PAIRS = 4  # SIMD path, fewer than 4 tokens: the row pair this far ahead is prefetched while one is summed
 
 DEFAULT_ISA = default_isa()
 
@@ -193,10 +196,12 @@ def _q8k_rows(w, m, K, qs, dx, bsums, out, fmt, isa, t0, t1, d_twin):
         out[t + 1, m] = hsum8(f1)
         out[t + 2, m] = hsum8(f2)
         out[t + 3, m] = hsum8(f3)
+    ahead = PREFETCH_PAIRS * 2 * nb * bb  # single tokens prefetch the row this far on (rows a later item reads)
     for t in range(t4, t1):
         acc = f32x8_zero()
         for b in range(nb):
             o = row + bb * b
+            prefetch(w, o + ahead)
             v = _q8k_block(w, o, qs, t * K + QK * b, bsums, t * (K // 16) + 16 * b, fmt, isa)
             acc = f32x8_fma(acc, v, np.float32(dx[t, b] * _block_d(w, o, bb, fmt, d_twin)))
         out[t, m] = hsum8(acc)
@@ -213,27 +218,28 @@ def _simd_q8k(w, M, K, qs, dx, bsums, out, fmt, isa):
 
 
 @njit(cache=True, inline="always")
-def _tile(acc, w, wis, a, ai, astride, j0, nblocks, fmt, isa):
+def _tile(acc, w, wis, a, ai, astride, j0, nblocks, ahead, fmt, isa):
     """The fmt's tile intrinsic (intrinsics.tile_*): acc + integer lanes of blocks j0.. of rows wis and tokens a[ai]."""
     if fmt == FMT_TQ2_0:
-        return tile_tq2(acc, w, wis, a, ai, astride, j0, nblocks, isa)
+        return tile_tq2(acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa)
     if fmt == FMT_TQ1_0:
-        return tile_tq1(acc, w, wis, a, ai, astride, j0, nblocks, isa)
-    return tile_i2s(acc, w, wis, a, ai, astride, j0, nblocks, isa)
+        return tile_tq1(acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa)
+    return tile_i2s(acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa)
 
 
 @njit(cache=True, inline="always")
-def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa):
+def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa, ahead):
     """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow. I2_S rows
-    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s."""
+    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s. Each block
+    read also prefetches the bytes `ahead` further on (the rows a later work item reads)."""
     if _is_i2s(fmt):
         n4 = b1 // 4
         for j in range(0, n4, TILE_QUADS_I2S):
-            acc = tile_i2s4(acc, w, wis, a, ai, astride, j, min(TILE_QUADS_I2S, n4 - j), isa)
+            acc = tile_i2s4(acc, w, wis, a, ai, astride, j, min(TILE_QUADS_I2S, n4 - j), ahead, isa)
         b0 = 4 * n4
     step = TILE_BLOCKS_TQ if not _is_i2s(fmt) else TILE_CHUNKS_I2S
     for j in range(b0, b1, step):
-        acc = _tile(acc, w, wis, a, ai, astride, j, min(step, b1 - j), fmt, isa)
+        acc = _tile(acc, w, wis, a, ai, astride, j, min(step, b1 - j), ahead, fmt, isa)
     return acc
 
 
@@ -260,14 +266,20 @@ def _z8():
     return (z, z, z, z, z, z, z, z)
 
 
-@njit(cache=True, inline="always")
-def _uniform_d(w, row, nb, bb):
-    """True when every block of the TQ row at byte `row` has the same d bits (one run)."""
-    d0 = _d_bits(w, row + bb - 2)
-    for b in range(1, nb):
-        if _d_bits(w, row + bb * b + bb - 2) != d0:
-            return False
-    return True
+@njit(cache=True)
+def _one_run_rows(w, M, K, fmt):
+    """runs[m] = 1 where every block of TQ row m has the same d bits (one run), else 0 (uint8, (M,))."""
+    nb = K // QK
+    bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
+    runs = np.ones(M, np.uint8)
+    for m in range(M):
+        row = m * nb * bb
+        d0 = _d_bits(w, row + bb - 2)
+        for b in range(1, nb):
+            if _d_bits(w, row + bb * b + bb - 2) != d0:
+                runs[m] = 0
+                break
+    return runs
 
 
 @njit(cache=True, inline="always")
@@ -281,18 +293,18 @@ def _tq_out(acc, w, wis, bb, t, ntok, m, s, act_sum, out):
 
 
 @njit(cache=True, inline="always")
-def _tq_one_run(w, wis, m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad, single):
+def _tq_one_run(w, wis, m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad, single, ahead):
     """Rows at byte offsets wis (each of one run; outputs m, m+1, ...) × tokens t0..t1-1: 4 tokens per tile call
-    (zero accumulators `quad`), then one by one (`single`)."""
+    (zero accumulators `quad`), then one by one (`single`; these stream the rows, prefetching `ahead` bytes on)."""
     t4 = t1 - (t1 - t0) % 4
     for t in range(t0, t4, 4):
-        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa), w, wis, bb, t, 4, m, s, act_sum, out)
+        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa, 0), w, wis, bb, t, 4, m, s, act_sum, out)
     for t in range(t4, t1):
-        _tq_out(_tile_sum(single, w, wis, q, t * K, K, 0, nb, fmt, isa), w, wis, bb, t, 1, m, s, act_sum, out)
+        _tq_out(_tile_sum(single, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 1, m, s, act_sum, out)
 
 
 @njit(cache=True)
-def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1):
+def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead):
     """Outputs (t0..t1-1, m) of a row of several runs: Σ over its runs of equal d bits, in block order, of
     f64(D_run)·f64(d_run), D_run = Σu·q − Σq over the run; y = f32(Σ) / s. Tokens 4 per tile call, then one by one."""
     acc = np.empty(4, np.float64)
@@ -309,13 +321,13 @@ def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1):
                 b1 += 1
             d = np.float64(f16_to_f32(bits))
             if ntok == 4:
-                v = _tile_sum(_z4(), w, (row,), q, t * K, K, b0, b1, fmt, isa)
+                v = _tile_sum(_z4(), w, (row,), q, t * K, K, b0, b1, fmt, isa, 0)
                 for n in range(4):
                     acc[n] += np.float64(hsum_i32(v[n]) - (qcum[t + n, b1] - qcum[t + n, b0])) * d
             else:
                 acc[0] += (
                     np.float64(
-                        hsum_i32(_tile_sum(_z1(), w, (row,), q, t * K, K, b0, b1, fmt, isa)[0])
+                        hsum_i32(_tile_sum(_z1(), w, (row,), q, t * K, K, b0, b1, fmt, isa, ahead)[0])
                         - (qcum[t, b1] - qcum[t, b0])
                     )
                     * d
@@ -327,22 +339,24 @@ def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1):
 
 
 @njit(cache=True, inline="always")
-def _tq_i8_rows(w, m, nr, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1):
-    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, TQ formats: rows of one run by the tile
-    intrinsic (2 rows at a time where both are), other rows run by run."""
+def _tq_i8_rows(w, m, nr, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs):
+    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, TQ formats: rows of one run (runs[m] = 1) by
+    the tile intrinsic (2 rows at a time where both are), other rows run by run. Single tokens prefetch the rows
+    PREFETCH_PAIRS pairs on."""
     nb = K // QK
     bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
     r0 = m * nb * bb
-    one = (_uniform_d(w, r0, nb, bb), nr == 2 and _uniform_d(w, r0 + nb * bb, nb, bb))
+    ahead = PREFETCH_PAIRS * 2 * nb * bb
+    one = (runs[m] != 0, nr == 2 and runs[m + 1] != 0)
     if one[0] and one[1]:
-        _tq_one_run(w, (r0, r0 + nb * bb), m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z8(), _z2())
+        _tq_one_run(w, (r0, r0 + nb * bb), m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z8(), _z2(), ahead)
         return
     for r in range(nr):
         row = r0 + r * nb * bb
         if one[r]:
-            _tq_one_run(w, (row,), m + r, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z4(), _z1())
+            _tq_one_run(w, (row,), m + r, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z4(), _z1(), ahead)
         else:
-            _tq_runs(w, row, m + r, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1)
+            _tq_runs(w, row, m + r, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead)
 
 
 @njit(cache=True)
@@ -359,13 +373,14 @@ def _block_prefix(q, nb):
 
 
 @njit(cache=True, parallel=True)
-def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa):
+def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs):
     """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs in parallel."""
     T = q.shape[0]
     qcum = _block_prefix(q, K // QK)
     for t0 in range(0, T, TOKEN_TILE):
         for p in prange((M + 1) // 2):
-            _tq_i8_rows(w, 2 * p, min(2, M - 2 * p), K, q, s, act_sum, qcum, out, fmt, isa, t0, min(T, t0 + TOKEN_TILE))
+            t1 = min(T, t0 + TOKEN_TILE)
+            _tq_i8_rows(w, 2 * p, min(2, M - 2 * p), K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs)
 
 
 @njit(cache=True, inline="always")
@@ -379,25 +394,27 @@ def _i2s_out(acc, nr, t, ntok, m, s, act_sum, scale, out):
 @njit(cache=True, inline="always")
 def _i2s_rows(w, m, nr, K, q, s, act_sum, out, isa, t0, t1, scale):
     """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, I2_S: 2 rows × 4 tokens per tile call, then
-    single tokens row by row (measured: a 2-row tile for one token streams I2_S rows at half the speed)."""
+    single tokens row by row (measured: a 2-row tile for one token streams I2_S rows at half the speed), which
+    prefetch the rows PREFETCH_PAIRS pairs on."""
     nc = K // I2S_BLOCK
     r0 = m * (K // 4)
     r1 = r0 + K // 4
+    ahead = PREFETCH_PAIRS * 2 * (K // 4)
     t4 = t1 - (t1 - t0) % 4
     if nr == 2:
         for t in range(t0, t4, 4):
-            _i2s_out(
-                _tile_sum(_z8(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa), 2, t, 4, m, s, act_sum, scale, out
-            )
+            acc = _tile_sum(_z8(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa, 0)
+            _i2s_out(acc, 2, t, 4, m, s, act_sum, scale, out)
         for t in range(t4, t1):
             for r, row in enumerate((r0, r1)):
-                acc = _tile_sum(_z1(), w, (row,), q, t * K, K, 0, nc, FMT_I2S, isa)
+                acc = _tile_sum(_z1(), w, (row,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
                 _i2s_out(acc, 1, t, 1, m + r, s, act_sum, scale, out)
         return
     for t in range(t0, t4, 4):
-        _i2s_out(_tile_sum(_z4(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa), 1, t, 4, m, s, act_sum, scale, out)
+        _i2s_out(_tile_sum(_z4(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, 0), 1, t, 4, m, s, act_sum, scale, out)
     for t in range(t4, t1):
-        _i2s_out(_tile_sum(_z1(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa), 1, t, 1, m, s, act_sum, scale, out)
+        acc = _tile_sum(_z1(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
+        _i2s_out(acc, 1, t, 1, m, s, act_sum, scale, out)
 
 
 @njit(cache=True, parallel=True)
@@ -606,11 +623,13 @@ def _q8k(w, M, K, qs, d, bsums, out, fmt, isa):
 
 
 @njit(cache=True)
-def _tq_i8(w, M, K, q, s, act_sum, out, fmt, isa):
+def _tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs):
     if isa == ISA_PORTABLE:
         _portable_i8(w, M, K, q, s, act_sum, out, fmt)
+    elif runs is None:
+        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, _one_run_rows(w, M, K, fmt))
     else:
-        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa)
+        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs)
 
 
 @njit(cache=True)
@@ -638,15 +657,26 @@ def matmul_i2s_arm_q8k(w, M, K, qs, d, bsums, out, isa=DEFAULT_ISA):
 
 
 @njit(cache=True)
-def matmul_tq2_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
-    """out[t, m] = Σ_b f32(d_b)·D_b / s[t] (f32, block order), TQ2_0 row m, int8 row t: q i8 (T,K), s f32 (T,)."""
-    _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ2_0, isa)
+def matmul_tq2_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA, runs=None):
+    """out[t, m] = f32(Σ_runs f64(D_run)·f64(d_run)) / s[t] for TQ2_0 row m and int8 row t (D_run: the integer dot over
+    a run of blocks with equal d bits): q i8 (T,K), s f32 (T,), act_sum i32 (T,). runs: one_run_rows of w, computed
+    once at load time; without it each call reads every block's d first (a pass over the row before its dot)."""
+    _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ2_0, isa, runs)
 
 
 @njit(cache=True)
-def matmul_tq1_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA):
-    """out[t, m] = Σ_b f32(d_b)·D_b / s[t] (f32, block order) for TQ1_0 row m and int8 row t (arrays as tq2_0)."""
-    _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ1_0, isa)
+def matmul_tq1_0_i8(w, M, K, q, s, act_sum, out, isa=DEFAULT_ISA, runs=None):
+    """matmul_tq2_0_i8 for TQ1_0 rows (arrays as there)."""
+    _tq_i8(w, M, K, q, s, act_sum, out, FMT_TQ1_0, isa, runs)
+
+
+def one_run_rows(fmt: str, w: np.ndarray, M: int, K: int) -> np.ndarray:
+    """uint8 (M,): 1 where every block of row m of the TQ2_0 / TQ1_0 tensor w has the same d bits (the row is one run;
+    every converted BitNet tensor has one d), else 0. The `runs` argument of matmul_tq*_i8."""
+    if fmt not in (TQ2_0.NAME, TQ1_0.NAME):
+        raise FormatError(f"one_run_rows: {fmt!r} has no per-block d; expected {TQ2_0.NAME} or {TQ1_0.NAME}")
+    check_weight(fmt, w, M, K)
+    return _one_run_rows(w, M, K, FMT_TQ2_0 if fmt == TQ2_0.NAME else FMT_TQ1_0)
 
 
 @njit(cache=True)
