@@ -799,7 +799,8 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
     block 0 starts at w[wis[r]] (R = len(wis) rows, blocks `block_bytes` apart) and the N = len(acc) / R tokens at
     a[ai + n·astride + block_elems·j + e], over blocks j0 ≤ j < j0 + nblocks. The caller keeps nblocks within
     TILE_BLOCKS_TQ, TILE_CHUNKS_I2S or TILE_QUADS_I2S: AVX2 keeps int16 partial sums over the call. acc[r·N + n] is
-    the accumulator of row r and token n. Each block read prefetches the cache lines `ahead` bytes further on."""
+    the accumulator of row r and token n. A single-token call (N = 1: decode, which streams the rows) prefetches, with
+    each block, the cache lines `ahead` bytes further on."""
 
     def typer(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
         _c_array(w, what)
@@ -837,6 +838,8 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
                 return _load(context, builder, aty, a_v, i, types.intp, _V32I8)
 
             def pf(j):
+                if ntok > 1:  # rows shared by several tokens are read from cache after the first: no prefetch
+                    return
                 for r in range(rows):
                     base = builder.add(builder.add(w0[r], builder.mul(j, ir.Constant(_I64, block_bytes))), ahead)
                     for off in range(0, block_bytes, 64):

@@ -230,8 +230,8 @@ def _tile(acc, w, wis, a, ai, astride, j0, nblocks, ahead, fmt, isa):
 @njit(cache=True, inline="always")
 def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa, ahead):
     """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow. I2_S rows
-    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s. Each block
-    read also prefetches the bytes `ahead` further on (the rows a later work item reads)."""
+    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s. Single
+    tokens also prefetch the bytes `ahead` further on (the rows a later work item reads)."""
     if _is_i2s(fmt):
         n4 = b1 // 4
         for j in range(0, n4, TILE_QUADS_I2S):
@@ -298,7 +298,7 @@ def _tq_one_run(w, wis, m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad
     (zero accumulators `quad`), then one by one (`single`; these stream the rows, prefetching `ahead` bytes on)."""
     t4 = t1 - (t1 - t0) % 4
     for t in range(t0, t4, 4):
-        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa, 0), w, wis, bb, t, 4, m, s, act_sum, out)
+        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 4, m, s, act_sum, out)
     for t in range(t4, t1):
         _tq_out(_tile_sum(single, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 1, m, s, act_sum, out)
 
@@ -321,7 +321,7 @@ def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead):
                 b1 += 1
             d = np.float64(f16_to_f32(bits))
             if ntok == 4:
-                v = _tile_sum(_z4(), w, (row,), q, t * K, K, b0, b1, fmt, isa, 0)
+                v = _tile_sum(_z4(), w, (row,), q, t * K, K, b0, b1, fmt, isa, ahead)
                 for n in range(4):
                     acc[n] += np.float64(hsum_i32(v[n]) - (qcum[t + n, b1] - qcum[t + n, b0])) * d
             else:
@@ -403,7 +403,7 @@ def _i2s_rows(w, m, nr, K, q, s, act_sum, out, isa, t0, t1, scale):
     t4 = t1 - (t1 - t0) % 4
     if nr == 2:
         for t in range(t0, t4, 4):
-            acc = _tile_sum(_z8(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa, 0)
+            acc = _tile_sum(_z8(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
             _i2s_out(acc, 2, t, 4, m, s, act_sum, scale, out)
         for t in range(t4, t1):
             for r, row in enumerate((r0, r1)):
@@ -411,7 +411,8 @@ def _i2s_rows(w, m, nr, K, q, s, act_sum, out, isa, t0, t1, scale):
                 _i2s_out(acc, 1, t, 1, m + r, s, act_sum, scale, out)
         return
     for t in range(t0, t4, 4):
-        _i2s_out(_tile_sum(_z4(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, 0), 1, t, 4, m, s, act_sum, scale, out)
+        acc = _tile_sum(_z4(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
+        _i2s_out(acc, 1, t, 4, m, s, act_sum, scale, out)
     for t in range(t4, t1):
         acc = _tile_sum(_z1(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
         _i2s_out(acc, 1, t, 1, m, s, act_sum, scale, out)
