@@ -1,7 +1,8 @@
 """Ternary matrix products read straight from packed TQ2_0 / TQ1_0 / I2_S bytes, with int8 activations.
 
-Every kernel: `matmul_<fmt>_<act>(w, M, K, <activation arrays>, out, isa=DEFAULT_ISA)` writes out[t, m] (f32 (T, M))
-for weight row m < M (K elements) of the flat uint8 tensor bytes `w` (a read-only memmap is fine) and token row t < T.
+Every kernel: `matmul_<fmt>_<act>(w, M, K, <activation arrays>, out, isa=DEFAULT_ISA)` (the TQ `*_i8` ones also take
+`runs=None`) writes out[t, m] (f32 (T, M)) for weight row m < M (K elements) of the flat uint8 tensor bytes `w` (a
+read-only memmap is fine) and token row t < T.
 Parallel over output rows (prange); each output is one thread's fixed-order sum, so results do not depend on the
 thread count, on T, or on `isa`. Weights are never expanded to float. Unsigned codes u ∈ {0,1,2} stand for u − 1;
 code 3 (never written by encoders) computes as +2, like the reference kernels. `check_matmul` validates arguments.
@@ -32,7 +33,9 @@ Two paths, chosen by `isa` (isa.ISA_*; `kernel_isa()` names the default):
 - SIMD (avx2, avx512vnni): the packed bytes go straight into the intrinsics of intrinsics.py. ggml profile: tokens 4
   at a time, so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
   bitnet profile: tiles of 2 weight rows × 4 tokens (tile_* intrinsics: each activation vector loaded once for both
-  rows, integer lanes kept across blocks), then single tokens and a single last row.
+  rows, integer lanes kept across blocks), then single tokens and a single last row. Which TQ rows are one run comes
+  from `runs` (one_run_rows, computed once when the engine loads the tensor). Single tokens (decode) stream every row
+  once from memory, and prefetch the rows PREFETCH_PAIRS row pairs ahead as they go.
 - portable: plain numba loops; a weight row is decoded once into planes (below) that every token row reuses.
 """
 
