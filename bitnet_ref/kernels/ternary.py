@@ -343,18 +343,17 @@ def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead):
 
 @njit(cache=True, inline="always")
 def _tq_i8_rows(w, m, nr, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs):
-    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, TQ formats: rows of one run (runs[m] = 1) by the
-    tile intrinsic, 2 rows × 4 tokens where both are, single tokens row by row (measured: from DRAM they stream ~10 %
-    faster than through the 2-row tile), prefetching the rows PREFETCH_PAIRS pairs on; other rows run by run."""
+    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, TQ formats: rows of one run (runs[m] = 1) by
+    the tile intrinsic (2 rows at a time where both are), other rows run by run. Single tokens prefetch the rows
+    PREFETCH_PAIRS pairs on."""
     nb = K // QK
     bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
     r0 = m * nb * bb
     ahead = PREFETCH_PAIRS * 2 * nb * bb
     one = (runs[m] != 0, nr == 2 and runs[m + 1] != 0)
     if one[0] and one[1]:
-        t4 = t1 - (t1 - t0) % 4
-        _tq_one_run(w, (r0, r0 + nb * bb), m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t4, _z8(), _z2(), ahead)
-        t0 = t4
+        _tq_one_run(w, (r0, r0 + nb * bb), m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z8(), _z2(), ahead)
+        return
     for r in range(nr):
         row = r0 + r * nb * bb
         if one[r]:
