@@ -82,7 +82,7 @@ I2S_ARM_BLOCK = I2_S_ARM.BLOCK_ELEMS  # elements per I2_S ARM block (64), in 16 
 FMT_TQ2_0, FMT_TQ1_0, FMT_I2S, FMT_I2S_ARM = 0, 1, 2, 3
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
 TOKEN_TILE = 64  # SIMD path: token rows whose activations (64·K bytes) stay in L2 while every weight row passes
-PREFETCH_PAIRS = 4  # SIMD path, fewer than 4 tokens: the row pair this far ahead is prefetched while one is summed
+PREFETCH_PAIRS = 4  # SIMD path, single tokens: the row pair this far ahead is prefetched while one is summed
 
 DEFAULT_ISA = default_isa()
 
