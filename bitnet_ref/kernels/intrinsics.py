@@ -375,7 +375,7 @@ def hsum_i32(typingctx, acc):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# fma_lanes: ggml's float-dot inner loop over arrays, accumulators in registers
+# prefetch: a read hint for a cache line (the tile intrinsics and the ggml rows stream decode weights with it)
 
 
 def _prefetch(b, ptr):
@@ -399,6 +399,10 @@ def prefetch(typingctx, a, i):
         return context.get_dummy_value()
 
     return types.none(a, i), codegen
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fma_lanes: ggml's float-dot inner loop over arrays, accumulators in registers
 
 
 def _load8(context, builder, aryty, ary, offset):

@@ -76,8 +76,7 @@ from bitnet_ref.kernels.scalar import round_f16
 QK = TQ2_0.BLOCK_ELEMS  # elements per TQ / Q8_K block (256)
 TQ2_0_BYTES = TQ2_0.BLOCK_BYTES  # 66: qs u8[64] @0, d f16 @64
 TQ1_0_BYTES = TQ1_0.BLOCK_BYTES  # 54: qs u8[48] @0, qh u8[4] @48, d f16 @52
-I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128)
-I2S_BYTES = I2_S.BLOCK_BYTES  # 32: its bytes
+I2S_BLOCK = I2_S.BLOCK_ELEMS  # elements per I2_S (x86) block (128), in I2_S.BLOCK_BYTES = 32 bytes
 I2S_ARM_BLOCK = I2_S_ARM.BLOCK_ELEMS  # elements per I2_S ARM block (64), in 16 bytes
 FMT_TQ2_0, FMT_TQ1_0, FMT_I2S, FMT_I2S_ARM = 0, 1, 2, 3
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
