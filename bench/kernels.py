@@ -4,7 +4,8 @@
 
 Decode (T = 1) reads each weight matrix from DRAM: every call uses the next of enough copies of the weights to
 overflow the caches. GB/s = packed weight bytes / time per call (median over reps; ISAs interleaved A B A B, since
-this machine kind's bandwidth drifts), and as a % of the bus: the streaming read bandwidth measured once per thread
+this machine kind's bandwidth drifts; the TQ int8 kernels get their one-run flags, computed once per copy as the
+engine does at load), and as a % of the bus: the streaming read bandwidth measured once per thread
 count before the table (bench.roofline). Prefill reports GOP/s (2·M·K·T / time). Not a test: numbers vary with load.
 `--clock cpu` times with process CPU time divided by the thread count instead of wall time: on a shared, loaded
 machine it estimates what the kernel does when it has the cores (it cannot show poor thread scaling).
@@ -63,13 +64,22 @@ def activations(act: str, T: int, K: int, rng: np.random.Generator) -> tuple[np.
     return q, s, a
 
 
-def time_calls(fn, copies, M, K, acts, out, isa, calls: int, cpu: bool) -> float:
-    """Seconds per call, cycling through the weight copies (CPU seconds per thread when `cpu`)."""
+def load_time_args(fmt: str, act: str, copies: list[np.ndarray], M: int, K: int) -> list[tuple]:
+    """Per copy, the arguments the engine computes once at load and passes after `isa`: the one-run flags of TQ rows
+    for the int8 kernels (model._linear), nothing otherwise."""
+    if act == "i8" and fmt in (TQ2_0.NAME, TQ1_0.NAME):
+        return [(ternary.one_run_rows(fmt, c, M, K),) for c in copies]
+    return [() for _ in copies]
+
+
+def time_calls(fn, copies, extra, M, K, acts, out, isa, calls: int, cpu: bool) -> float:
+    """Seconds per call, cycling through the weight copies and their load-time arguments `extra` (CPU seconds per
+    thread when `cpu`)."""
     clock = time.process_time if cpu else time.perf_counter
-    fn(copies[0], M, K, *acts, out, isa)
+    fn(copies[0], M, K, *acts, out, isa, *extra[0])
     t0 = clock()
     for i in range(calls):
-        fn(copies[i % len(copies)], M, K, *acts, out, isa)
+        fn(copies[i % len(copies)], M, K, *acts, out, isa, *extra[i % len(copies)])
     sec = (clock() - t0) / calls
     return sec / numba.get_num_threads() if cpu else sec
 
@@ -78,13 +88,14 @@ def bench_shape(fmt, act, M, K, T, isas, reps, rng, cpu=False) -> dict[str, floa
     """Median seconds per call of each ISA (interleaved) for one shape and token count."""
     fn = KERNELS[(fmt, act)]
     copies = weight_copies(fmt, M, K, rng)
+    extra = load_time_args(fmt, act, copies, M, K)
     acts = activations(act, T, K, rng)
     out = np.empty((T, M), np.float32)
     calls = max(3, min(len(copies), int(2e8 / (M * K * T))))
     times: dict[str, list[float]] = {name: [] for name in isas}
     for _ in range(reps):
         for name in isas:
-            times[name].append(time_calls(fn, copies, M, K, acts, out, isa_id(name), calls, cpu))
+            times[name].append(time_calls(fn, copies, extra, M, K, acts, out, isa_id(name), calls, cpu))
     return {name: float(np.median(v)) for name, v in times.items()}
 
 

@@ -110,7 +110,8 @@ def _attention(rng) -> dict[str, np.ndarray]:
     n_head, n_kv, hd, n_ctx, pos0, T = 4, 2, 16, 8, 2, 3
     s = attention.AttentionSettings(n_head, n_kv, hd, np.float32(0.25), False, False, 8, False, False, False, False,
                                     True)
-    kc, vc = np.zeros((n_kv * hd, n_ctx), np.float32), np.zeros((n_ctx, n_kv * hd), np.float32)
+    k_shape, v_shape = attention.kv_layout(n_ctx, n_kv * hd, True)
+    kc, vc = np.zeros(k_shape, np.float32), np.zeros(v_shape, np.float32)
     k_all = rng.normal(size=(pos0 + T, n_kv * hd)).astype(np.float32)
     v_all = rng.normal(size=(pos0 + T, n_kv * hd)).astype(np.float32)
     attention.store_kv(k_all, v_all, 0, kc, vc, True)

@@ -154,8 +154,8 @@ def test_rope_direct_matches_twin():
 )
 def test_attention_matches_twin(profile, T, start_pos, n_head, hd):
     """ggml's orders (ggml profile) and the blocked sequential order (bitnet profile: several query blocks, serial and
-    parallel; rows 4 at a time with 8-wide registers and their leftover rows, keys and dims) against their twins, bit
-    for bit."""
+    parallel; rows 4 at a time with 8-wide registers and their leftover rows, keys and dims; K read in place from
+    tiles whose last one runs past the keys) against their twins, bit for bit, with NaN in every cell not written."""
     nm = PROFILES[profile]
     rng = np.random.default_rng(T * 100 + start_pos)
     n_head_kv, n_ctx = 2, 320
@@ -167,7 +167,8 @@ def test_attention_matches_twin(profile, T, start_pos, n_head, hd):
     dtype = np.uint16 if nm.kv_dtype == "f16" else F32
     blocked = nm.attention == "blocked"
     k_shape, v_shape = attention.kv_layout(n_ctx, n_head_kv * hd, blocked)
-    k_cache, v_cache = np.zeros(k_shape, dtype), np.zeros(v_shape, dtype)
+    stale = F32(np.nan) if dtype == F32 else np.uint16(0x7E00)  # cells past the keys hold NaN: never read into sums
+    k_cache, v_cache = np.full(k_shape, stale, dtype), np.full(v_shape, stale, dtype)
     attention.store_kv(k_new, v_new, 0, k_cache, v_cache, blocked)
     batched = nm.float_dot == "ggml" and T >= 2
     args = (

@@ -1,8 +1,8 @@
 """Causal grouped-query attention over the KV cache, flash attention off (docs/NUMERICS.md §4.9).
 
 Cache layout per layer (kv_layout): K (n_ctx, n_head_kv·head_dim) and V transposed (n_head_kv·head_dim, n_ctx), either
-f16 bits (uint16) or f32; for the blocked order K transposed and V by position, f32. For query t at position
-p = start_pos + t and head h (KV head h // n_gqa):
+f16 bits (uint16) or f32; for the blocked order K in tiles of 16 positions and V by position, f32. For query t at
+position p = start_pos + t and head h (KV head h // n_gqa):
     s_j = dot(K_j, q)                         j ≤ p; q rounded to f16 first if round_q
     w_j = s_j · scale ; softmax over j ≤ p    (masked cells are exact zeros)
     out = Σ_j P_j · V_j                        P rounded to f16 first if round_p
@@ -15,9 +15,10 @@ Two orders, chosen by the settings' `blocked` (Numerics.attention):
 - blocked ("blocked", f32 cache, no f16 rounding, libm expf, f32 sums): every sum in plain sequential order,
   s_j = f32 Σ_d q_d·K_j,d (d ascending, one rounding per multiply and per add), w_j = s_j·scale, softmax with
   e_j = expf(w_j − max), Σ e_j in j order, P_j = e_j / Σ, out_d = Σ_j P_j·V_j,d (j ascending). The sums stay in that
-  order and still vectorize: the scores over the keys j (K stored transposed), the outputs over d (V stored by
-  position). Work items are a KV head × a block of QUERY_BLOCK queries (× the n_gqa heads that share the head), whose
-  K and V stay in cache while every row of the block reads them. Independent of the block size and thread count.
+  order and still vectorize: the scores over the keys j (K stored in (dim, key) tiles of 16 positions, read in
+  place), the outputs over d (V stored by position). Work items are a KV head × a block of QUERY_BLOCK queries (× the
+  n_gqa heads that share the head), whose K and V stay in cache while every row of the block reads them. Independent
+  of the block size and thread count.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
 from bitnet_ref.kernels.intrinsics import expf, f32x8_load, f32x8_mul_add, f32x8_store, f32x8_zero
 from bitnet_ref.kernels.scalar import load, round_f16, store
 
-PARALLEL_WORK = 1 << 20  # query·cell·dim products from which attention uses the thread pool
+PARALLEL_WORK = 1 << 14  # query·cell·dim products from which attention uses the thread pool
 QUERY_BLOCK = 16  # blocked order: queries per work item (× n_gqa heads = the vector of rows)
+KEY_TILE = 16  # blocked order: positions per K cache tile (the keys of one pair of 8-lane score registers)
 
 
 class AttentionSettings(NamedTuple):
@@ -56,13 +58,13 @@ class AttentionSettings(NamedTuple):
 @njit(cache=True)
 def store_kv(k, v, start_pos, k_cache, v_cache, blocked):
     """Write K rows (T, n_kv·hd) at positions start_pos.. and V transposed (ggml's layout; f16 caches round, as
-    SET_ROWS), or for the blocked order K transposed and V rows (kv_layout)."""
+    SET_ROWS), or for the blocked order K into its key tiles and V rows (kv_layout)."""
     T, width = k.shape
     for t in range(T):
         p = start_pos + t
         for i in range(width):
             if blocked:
-                store(k_cache[i], p, k[t, i])
+                store(k_cache[p // KEY_TILE * width + i], p % KEY_TILE, k[t, i])
                 store(v_cache[p], i, v[t, i])
             else:
                 store(k_cache[p], i, k[t, i])
@@ -71,9 +73,10 @@ def store_kv(k, v, start_pos, k_cache, v_cache, blocked):
 
 def kv_layout(n_ctx: int, width: int, blocked: bool) -> tuple[tuple[int, int], tuple[int, int]]:
     """Shapes of one layer's K and V cache: ggml's K (n_ctx, width) and V transposed (width, n_ctx), or for the
-    blocked order K transposed (width, n_ctx) and V (n_ctx, width), so that both of its sums read contiguous memory."""
+    blocked order K in tiles of KEY_TILE positions (n_tiles·width, KEY_TILE), tile i rows i·width.. a (dim, key)
+    matrix, and V (n_ctx, width) by position, so that both of its sums read contiguous memory."""
     if blocked:
-        return (width, n_ctx), (n_ctx, width)
+        return ((n_ctx + KEY_TILE - 1) // KEY_TILE * width, KEY_TILE), (n_ctx, width)
     return (n_ctx, width), (width, n_ctx)
 
 
@@ -160,27 +163,21 @@ def _row(r, R, t0, g, n_gqa, hd):
 
 
 @njit(cache=True)
-def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
+def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
     """Blocked order: out rows of queries t0..t1-1 for the n_gqa heads of KV head g (row r = (t − t0)·n_gqa + head);
-    kt_cache (n_kv·hd, n_ctx) holds K transposed, v_cache (n_ctx, n_kv·hd) V by position (all C-contiguous f32).
-    Rows go 4 at a time with 16 keys (scores; the last chunk padded) or 16 dims (outputs) in two registers, each lane
-    one sequential sum; dims left over (head_dim not a multiple of 16) are summed one by one in the same order."""
+    k_tiles (n_tiles·n_kv·hd, KEY_TILE) holds K in tiles of 16 positions, v_cache (n_ctx, n_kv·hd) V by position
+    (all C-contiguous f32). Rows go 4 at a time with 16 keys (scores; a tile read in place, the cells of the last one
+    past the block's keys overwritten below) or 16 dims (outputs) in two registers, each lane one sequential sum; dims
+    left over (head_dim not a multiple of 16) are summed one by one in the same order."""
     hd = s.head_dim
     n_gqa = s.n_head // s.n_head_kv
     R = (t1 - t0) * n_gqa
     n = start_pos + t1  # keys 0..n-1 cover every query of the block
-    n_ctx, vw = kt_cache.shape[1], v_cache.shape[1]
+    width = v_cache.shape[1]
     n16 = (n + 15) // 16 * 16
     p = np.zeros((R, n16), np.float32)  # scores, then probabilities; cells past a row's position are set to 0
-    kb = np.empty(hd * 16, np.float32)  # K of 16 keys, packed (d, key): the rows of a group read it contiguously
     for jc in range(0, n, 16):  # s_j = Σ_d q_d·K_j,d, d ascending
-        for d in range(hd):
-            if jc + 16 <= n_ctx:  # cells past n hold stale or zero keys: their scores are overwritten below
-                f32x8_store(kb, 16 * d, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc))
-                f32x8_store(kb, 16 * d + 8, f32x8_load(kt_cache, (g * hd + d) * n_ctx + jc + 8))
-            else:
-                for i in range(16):
-                    kb[16 * d + i] = kt_cache[g * hd + d, jc + i] if jc + i < n else np.float32(0)
+        kb = ((jc // KEY_TILE) * width + g * hd) * KEY_TILE  # the (d, key) matrix of keys jc..jc+15 of KV head g
         for r0 in range(0, R, 4):
             u0, c0 = _row(r0, R, t0, g, n_gqa, hd)
             u1, c1 = _row(r0 + 1, R, t0, g, n_gqa, hd)
@@ -190,7 +187,7 @@ def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
                 continue
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32x8_zero()
             for d in range(hd):
-                ka, kc = f32x8_load(kb, 16 * d), f32x8_load(kb, 16 * d + 8)
+                ka, kc = f32x8_load(k_tiles, kb + KEY_TILE * d), f32x8_load(k_tiles, kb + KEY_TILE * d + 8)
                 x0, x1, x2, x3 = q[u0, c0 + d], q[u1, c1 + d], q[u2, c2 + d], q[u3, c3 + d]
                 a0, b0 = f32x8_mul_add(a0, x0, ka), f32x8_mul_add(b0, x0, kc)
                 a1, b1 = f32x8_mul_add(a1, x1, ka), f32x8_mul_add(b1, x1, kc)
@@ -217,11 +214,8 @@ def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
         for j in range(n_r):
             pr[j] = pr[j] / total
     ow = out.shape[1]
-    vb = np.empty(n * 16, np.float32)  # V of 16 dims, packed (key, dim)
     for dc in range(0, hd - hd % 16, 16):  # out_d = Σ_j P_j·V_j,d, j ascending
-        for j in range(n):
-            f32x8_store(vb, 16 * j, f32x8_load(v_cache, j * vw + g * hd + dc))
-            f32x8_store(vb, 16 * j + 8, f32x8_load(v_cache, j * vw + g * hd + dc + 8))
+        vc0 = g * hd + dc
         for r0 in range(0, R, 4):
             u0, c0 = _row(r0, R, t0, g, n_gqa, hd)
             u1, c1 = _row(r0 + 1, R, t0, g, n_gqa, hd)
@@ -230,7 +224,7 @@ def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
             p0, p1, p2, p3 = p[min(r0, R - 1)], p[min(r0 + 1, R - 1)], p[min(r0 + 2, R - 1)], p[min(r0 + 3, R - 1)]
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32x8_zero()
             for j in range(n):
-                va, vc = f32x8_load(vb, 16 * j), f32x8_load(vb, 16 * j + 8)
+                va, vc = f32x8_load(v_cache, j * width + vc0), f32x8_load(v_cache, j * width + vc0 + 8)
                 a0, b0 = f32x8_mul_add(a0, p0[j], va), f32x8_mul_add(b0, p0[j], vc)
                 a1, b1 = f32x8_mul_add(a1, p1[j], va), f32x8_mul_add(b1, p1[j], vc)
                 a2, b2 = f32x8_mul_add(a2, p2[j], va), f32x8_mul_add(b2, p2[j], vc)
@@ -249,13 +243,13 @@ def _attend_block(q, kt_cache, v_cache, g, t0, t1, start_pos, s, out):
 
 
 @njit(cache=True, parallel=True)
-def _attend_blocked(q, kt_cache, v_cache, start_pos, s, out):
+def _attend_blocked(q, k_tiles, v_cache, start_pos, s, out):
     """The blocked order over (KV head, query block) work items spread over the thread pool."""
     T = q.shape[0]
     nqb = (T + QUERY_BLOCK - 1) // QUERY_BLOCK
     for item in prange(s.n_head_kv * nqb):
         g, qb = item // nqb, item % nqb
-        _attend_block(q, kt_cache, v_cache, g, qb * QUERY_BLOCK, min(T, (qb + 1) * QUERY_BLOCK), start_pos, s, out)
+        _attend_block(q, k_tiles, v_cache, g, qb * QUERY_BLOCK, min(T, (qb + 1) * QUERY_BLOCK), start_pos, s, out)
 
 
 @njit(cache=True)

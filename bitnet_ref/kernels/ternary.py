@@ -375,10 +375,11 @@ def _block_prefix(q, nb):
 
 
 @njit(cache=True, parallel=True)
-def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs):
-    """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs in parallel."""
+def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs, qcum):
+    """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs in parallel; qcum is
+    _block_prefix of q where a row has several runs. The caller computes it: an array expression in a parallel function
+    is a parallel region of its own (`runs.min()` here cost 3 µs a call)."""
     T = q.shape[0]
-    qcum = _block_prefix(q, K // QK) if runs.min() == 0 else np.zeros((T, 1), np.int64)  # for rows of several runs
     for t0 in range(0, T, TOKEN_TILE):
         for p in prange((M + 1) // 2):
             t1 = min(T, t0 + TOKEN_TILE)
@@ -629,10 +630,10 @@ def _q8k(w, M, K, qs, d, bsums, out, fmt, isa):
 def _tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs):
     if isa == ISA_PORTABLE:
         _portable_i8(w, M, K, q, s, act_sum, out, fmt)
-    elif runs is None:
-        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, _one_run_rows(w, M, K, fmt))
     else:
-        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs)
+        r = _one_run_rows(w, M, K, fmt) if runs is None else runs
+        qcum = _block_prefix(q, K // QK) if r.min() == 0 else np.zeros((q.shape[0], 1), np.int64)  # several runs
+        _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, r, qcum)
 
 
 @njit(cache=True)
