@@ -173,7 +173,8 @@ def load_weights(gguf: GGUFFile, config: ModelConfig, numerics: Numerics, layout
 
 class KVCache:
     """Per-layer K and V, f16 bits or f32, in attention.kv_layout's shapes: ggml's K (n_ctx, n_embd_kv) and transposed
-    V (n_embd_kv, n_ctx), or the blocked order's transposed K and V by position; cells 0..n_past-1 valid."""
+    V (n_embd_kv, n_ctx), or the blocked order's K in (dim, key) tiles of 16 positions and V by position; cells
+    0..n_past-1 valid."""
 
     def __init__(self, n_layer: int, n_ctx: int, n_embd_kv: int, dtype: str, blocked: bool = False) -> None:
         store = np.uint16 if dtype == "f16" else np.float32

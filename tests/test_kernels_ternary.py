@@ -17,7 +17,8 @@ from bitnet_ref.kernels.isa import ISA_NAMES, available_isas, host_features, isa
 
 F32 = np.float32
 ISAS = [isa_id(name) for name in available_isas()]
-SHAPES = [(1, 256, 1), (17, 768, 2), (37, 1280, 3), (5, 512, 8)]  # (M, K, T): odd M, K = 256·odd, T = 1, 2, 3, 8
+# (M, K, T): odd M, K = 256·odd (and 11 blocks: several tile calls of block pairs, one block left), T = 1, 2, 3, 5, 8
+SHAPES = [(1, 256, 1), (17, 768, 2), (37, 1280, 3), (5, 512, 8), (3, 2816, 5)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -609,6 +609,12 @@ def _codes_tq2(b, ld_w):
     return out
 
 
+def _codes_tq2_pair(b, ld_w):
+    """Two consecutive TQ2_0 blocks (132 bytes, 512 elements): the second block's codes from byte 66, elements 256.."""
+    second = _codes_tq2(b, lambda off, vecty: ld_w(TQ2_0.BLOCK_BYTES + off, vecty))
+    return _codes_tq2(b, ld_w) + [(codes, TQ2_0.BLOCK_ELEMS + off) for codes, off in second]
+
+
 def _codes_i2s(nchunks):
     """I2_S: nchunks 32-byte chunks; byte p of chunk c holds elements 128c + 32g + p at bits 6 − 2g."""
 
@@ -750,6 +756,7 @@ def dot_i2s_q8k_t4(typingctx, acc, w, wi, a, ai, astride, bsums, bi, bstride, is
 
 TILE_MADDUBS = 32  # vpmaddubsw sums an int16 lane of the AVX2 tile may add before widening: 32·768 < 2^15
 TILE_BLOCKS_TQ = TILE_MADDUBS // 8  # a TQ2_0 / TQ1_0 block takes 8 vpmaddubsw per token and row
+TILE_PAIRS_TQ2 = TILE_MADDUBS // 16  # two TQ2_0 blocks (tile_tq2x2's block) take 16
 TILE_CHUNKS_I2S = TILE_MADDUBS // 4  # an I2_S chunk takes 4
 TILE_QUADS_I2S = TILE_MADDUBS // 16  # four I2_S chunks (tile_i2s4's block) take 16
 
@@ -802,9 +809,9 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
     """Typer of `what`(acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa): acc + lanes of Σ u·q for the rows whose
     block 0 starts at w[wis[r]] (R = len(wis) rows, blocks `block_bytes` apart) and the N = len(acc) / R tokens at
     a[ai + n·astride + block_elems·j + e], over blocks j0 ≤ j < j0 + nblocks. The caller keeps nblocks within
-    TILE_BLOCKS_TQ, TILE_CHUNKS_I2S or TILE_QUADS_I2S: AVX2 keeps int16 partial sums over the call. acc[r·N + n] is
-    the accumulator of row r and token n. A single-token call (N = 1: decode, which streams the rows) prefetches, with
-    each block, the cache lines `ahead` bytes further on."""
+    TILE_BLOCKS_TQ, TILE_PAIRS_TQ2, TILE_CHUNKS_I2S or TILE_QUADS_I2S: AVX2 keeps int16 partial sums over the call.
+    acc[r·N + n] is the accumulator of row r and token n. A single-token call (N = 1: decode, which streams the rows)
+    prefetches, with each block, the cache lines `ahead` bytes further on."""
 
     def typer(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
         _c_array(w, what)
@@ -865,6 +872,14 @@ def _tile_intrinsic(what: str, make_codes, block_bytes: int, block_elems: int):
 def tile_tq2(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
     """Integer lanes of TQ2_0 blocks for R rows × N tokens (_tile_intrinsic)."""
     return _tile_intrinsic("tile_tq2", _TQ2, TQ2_0.BLOCK_BYTES, TQ2_0.BLOCK_ELEMS)(
+        typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa
+    )
+
+
+@intrinsic
+def tile_tq2x2(typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa):
+    """tile_tq2 on blocks of two TQ2_0 blocks (132 bytes, 512 elements): more work per step of the block loop."""
+    return _tile_intrinsic("tile_tq2x2", _codes_tq2_pair, 2 * TQ2_0.BLOCK_BYTES, 2 * TQ2_0.BLOCK_ELEMS)(
         typingctx, acc, w, wis, a, ai, astride, j0, nblocks, ahead, isa
     )
 
