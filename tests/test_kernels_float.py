@@ -94,11 +94,12 @@ def _expf_all(xs, lanes, out):
 
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("n", [8, 53, 512])
-def test_swiglu_matches_twin(lanes, n):
+@pytest.mark.parametrize("T", [3, 11])  # serial, and over the thread pool beyond actquant.SERIAL_ROWS
+def test_swiglu_matches_twin(lanes, n, T):
     rng = np.random.default_rng(n)
-    gate = (rng.standard_normal((3, n)) * 8).astype(F32)
+    gate = (rng.standard_normal((T, n)) * 8).astype(F32)
     gate[0, :4] = [-200, 200, 0, -0.0]
-    up = rng.standard_normal((3, n)).astype(F32)
+    up = rng.standard_normal((T, n)).astype(F32)
     for ggml_exp in (True, False):
         out = np.empty_like(gate)
         activation.swiglu(gate, up, lanes, ggml_exp, out)
