@@ -174,9 +174,9 @@ def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
     R = (t1 - t0) * n_gqa
     n = start_pos + t1  # keys 0..n-1 cover every query of the block
     width = v_cache.shape[1]
-    n16 = (n + 15) // 16 * 16
+    n16 = (n + KEY_TILE - 1) // KEY_TILE * KEY_TILE
     p = np.zeros((R, n16), np.float32)  # scores, then probabilities; cells past a row's position are set to 0
-    for jc in range(0, n, 16):  # s_j = Σ_d q_d·K_j,d, d ascending
+    for jc in range(0, n, KEY_TILE):  # s_j = Σ_d q_d·K_j,d, d ascending
         kb = ((jc // KEY_TILE) * width + g * hd) * KEY_TILE  # the (d, key) matrix of keys jc..jc+15 of KV head g
         for r0 in range(0, R, 4):
             u0, c0 = _row(r0, R, t0, g, n_gqa, hd)

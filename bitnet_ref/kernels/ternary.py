@@ -235,9 +235,9 @@ def _tile(acc, w, wis, a, ai, astride, j0, nblocks, ahead, fmt, isa):
 def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa, ahead):
     """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow. I2_S rows
     are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s. TQ2_0 from
-    block 0 and several tokens go in pairs of blocks by tile_tq2x2, then the block left by tile_tq2 (measured, 2B-4T
-    on Zen 3: pp512 +6-10 %; decode was no faster in pairs, 52-57 against 51.5-53 ms a token). Single tokens also
-    prefetch the bytes `ahead` further on (the rows a later work item reads)."""
+    block 0 and several tokens (acc holds more than one per row) go in pairs of blocks by tile_tq2x2, then the block
+    left by tile_tq2; single tokens were no faster in pairs (docs/PERFORMANCE.md §9). Single tokens also prefetch the
+    bytes `ahead` further on (the rows a later work item reads)."""
     if _is_i2s(fmt):
         n4 = b1 // 4
         for j in range(0, n4, TILE_QUADS_I2S):
@@ -300,8 +300,8 @@ def _tq_out(acc, w, wis, bb, t, ntok, m, s, act_sum, out):
 @njit(cache=True, inline="always")
 def _tq_one_run(w, wis, m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad, ahead):
     """Rows at byte offsets wis (each of one run; outputs m, m+1, ...) × tokens t0..t1-1: 4 tokens per tile call
-    (zero accumulators `quad`), then single tokens row by row, as I2_S's (these stream the rows, prefetching `ahead`
-    bytes on; measured from DRAM, 2 threads: 20-22 GB/s row by row against 17-18 through the 2-row tile)."""
+    (zero accumulators `quad`), then single tokens row by row, as I2_S's (these stream the rows faster than the 2-row
+    tile, docs/PERFORMANCE.md §9, prefetching `ahead` bytes on)."""
     t4 = t1 - (t1 - t0) % 4
     for t in range(t0, t4, 4):
         _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 4, m, s, act_sum, out)
@@ -385,7 +385,7 @@ def _block_prefix(q, nb):
 def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs, qcum):
     """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs in parallel; qcum is
     _block_prefix of q where a row has several runs. The caller computes it: an array expression in a parallel function
-    is a parallel region of its own (`runs.min()` here cost 3 µs a call)."""
+    is a parallel region of its own."""
     T = q.shape[0]
     for t0 in range(0, T, TOKEN_TILE):
         for p in prange((M + 1) // 2):
