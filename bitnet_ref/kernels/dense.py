@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.formats import Q8_0
-from bitnet_ref.kernels.intrinsics import bits_f32, f16_to_f32, f32_bits, fma32, fma_lanes
+from bitnet_ref.kernels.intrinsics import bits_f32, f16_to_f32, f32_bits, fma32, fma_lanes, fma_lanes_x2
 from bitnet_ref.kernels.scalar import bf16_to_f32, load, round_bf16, round_f16
 
 ROW_BLOCK = 16  # rows decoded per scratch allocation in the parallel loops
@@ -141,21 +141,40 @@ def vec_dot(a, ao, b, bo, n, lanes, variant, acc):
     (VEC_BF16_DPBF16: a f32, acc ≥ 32)."""
     if variant == VEC_BF16_DPBF16:
         return _vec_dot_dpbf16(a, ao, b, bo, n, acc)
-    nacc = 2 if variant == VEC_BF16_AVX512 else 4
-    width = nacc * lanes
-    nfull = n - n % width
+    width = (2 if variant == VEC_BF16_AVX512 else 4) * lanes
     for j in range(width):
         acc[j] = np.float32(0)
-    fma_lanes(a, ao, b, bo, nfull // width, width, acc)
+    fma_lanes(a, ao, b, bo, n // width, width, acc)
+    return _vec_total(a, ao, b, bo, n, lanes, variant, acc, 0)
+
+
+@njit(cache=True, inline="always")
+def vec_dot_f16_x2(a, ao, ao2, b, bo, n, lanes, acc):
+    """vec_dot (VEC_F16) of two rows a[ao:ao+n] and a[ao2:ao2+n] with b, their chunks loaded side by side: two memory
+    streams in flight, which lets a single-token head read at the bus's speed (docs/PERFORMANCE.md §9). Each row's
+    result is bit for bit vec_dot's; acc ≥ 8·lanes."""
+    width = 4 * lanes
+    for j in range(2 * width):
+        acc[j] = np.float32(0)
+    fma_lanes_x2(a, ao, ao2, b, bo, n // width, width, acc)
+    return _vec_total(a, ao, b, bo, n, lanes, VEC_F16, acc, 0), _vec_total(a, ao2, b, bo, n, lanes, VEC_F16, acc, width)
+
+
+@njit(cache=True, inline="always")
+def _vec_total(a, ao, b, bo, n, lanes, variant, acc, o):
+    """The rest of vec_dot once the accumulators acc[o:o+width] hold the full chunks: their reduction in `variant`'s
+    tree, then the leftover elements."""
+    width = (2 if variant == VEC_BF16_AVX512 else 4) * lanes
+    nfull = n - n % width
     if variant == VEC_BF16_AVX512:
-        total = np.float64(_r16(acc, 0)) + np.float64(_r16(acc, 16))
+        total = np.float64(_r16(acc, o)) + np.float64(_r16(acc, o + 16))
     else:
-        for j in range(lanes):
+        for j in range(o, o + lanes):
             acc[j] = (acc[j] + acc[2 * lanes + j]) + (acc[lanes + j] + acc[3 * lanes + j])
         if variant == VEC_BF16_AVX2:
-            total = np.float64(_r8_pairs_strided(acc, 0))
+            total = np.float64(_r8_pairs_strided(acc, o))
         else:
-            total = np.float64(reduce_vec(acc, 0, lanes))
+            total = np.float64(reduce_vec(acc, o, lanes))
     if variant == VEC_F32:
         # GCC vectorizes this leftover loop in pieces of 8 and 4 (mul, then in-order adds) and fuses the last < 4
         left = n - nfull
@@ -208,10 +227,13 @@ def _dot_columns(row, ro, x, m, tiled, lanes, variant, acc, out):
 def _rows_f16(w, lo, hi, K, x, tiled, lanes, out):
     """Rows lo..hi of matmul_f16: one activation row dots the f16 bits directly, more decode each row once."""
     T = x.shape[0]
-    acc = np.empty(64, np.float32)
+    acc = np.empty(128, np.float32)
     if T == 1 and not tiled:
         xf = x.reshape(K)
-        for m in range(lo, hi):
+        half = (hi - lo) // 2
+        for m in range(lo, lo + half):  # rows m and m + half side by side: two streams (vec_dot_f16_x2)
+            out[0, m], out[0, m + half] = vec_dot_f16_x2(w, m * K, (m + half) * K, xf, 0, K, lanes, acc)
+        for m in range(lo + 2 * half, hi):
             out[0, m] = vec_dot(w, m * K, xf, 0, K, lanes, VEC_F16, acc)
         return
     row = np.empty(K, np.float32)

@@ -415,42 +415,55 @@ def _load8(context, builder, aryty, ary, offset):
     return builder.load(builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
 
 
-def _make_fma_loop(nvec: int):
+def _make_fma_loop(nvec: int, rows: int = 1):
     """Intrinsic fma_loop(a, ao, b, bo, nchunks, acc): acc[j] = fma(a[ao+c·W+j], b[bo+c·W+j], acc[j]), W = 8·nvec.
+    With rows = 2, fma_loop(a, ao, ao2, b, bo, nchunks, acc) does the same for a second row of a at ao2 into
+    acc[W + j], each chunk of b loaded once for both rows: two memory streams in flight instead of one.
 
     a is f32 or f16 bits (uint16, decoded exactly on load), b and acc are f32; all C-contiguous.
     """
 
-    @intrinsic
-    def fma_loop(typingctx, a, ao, b, bo, nchunks, acc):
+    def typer(a, b, acc):
         def ok(t, dtypes):
             return isinstance(t, types.Array) and t.dtype in dtypes and t.layout == "C"
 
         if not (ok(a, (types.float32, types.uint16)) and ok(b, (types.float32,)) and ok(acc, (types.float32,))):
             return None
-        sig = types.void(a, types.intp, b, types.intp, types.intp, acc)
+        return types.void(a, *[types.intp] * rows, b, types.intp, types.intp, acc), codegen
 
-        def codegen(context, builder, signature, args):
-            aty, _, bty, _, _, accty = signature.args
-            a_v, ao_v, b_v, bo_v, n_v, acc_v = args
-            slots = [cgutils.alloca_once(builder, _V8F32) for _ in range(nvec)]
-            for v, slot in enumerate(slots):
-                builder.store(_load8(context, builder, accty, acc_v, ir.Constant(_I64, 8 * v)), slot)
-            width = ir.Constant(_I64, 8 * nvec)
-            with cgutils.for_range(builder, n_v) as loop:
-                base = builder.mul(loop.index, width)
-                for v, slot in enumerate(slots):
-                    off = builder.add(base, ir.Constant(_I64, 8 * v))
+    def codegen(context, builder, signature, args):
+        aty, bty, accty = signature.args[0], signature.args[rows + 1], signature.args[-1]
+        a_v, aos, (b_v, bo_v, n_v, acc_v) = args[0], args[1 : rows + 1], args[rows + 1 :]
+        slots = [cgutils.alloca_once(builder, _V8F32) for _ in range(rows * nvec)]
+        for v, slot in enumerate(slots):
+            builder.store(_load8(context, builder, accty, acc_v, ir.Constant(_I64, 8 * v)), slot)
+        width = ir.Constant(_I64, 8 * nvec)
+        with cgutils.for_range(builder, n_v) as loop:
+            base = builder.mul(loop.index, width)
+            for v in range(nvec):
+                off = builder.add(base, ir.Constant(_I64, 8 * v))
+                bv = _load8(context, builder, bty, b_v, builder.add(bo_v, off))
+                for r, ao_v in enumerate(aos):
                     av = _load8(context, builder, aty, a_v, builder.add(ao_v, off))
-                    bv = _load8(context, builder, bty, b_v, builder.add(bo_v, off))
+                    slot = slots[r * nvec + v]
                     builder.store(_call(builder, "llvm.fma.v8f32", _V8F32, [av, bv, builder.load(slot)]), slot)
-            data = context.make_array(accty)(context, builder, acc_v).data
-            for v, slot in enumerate(slots):
-                ptr = builder.bitcast(builder.gep(data, [ir.Constant(_I64, 8 * v)]), _V8F32.as_pointer())
-                builder.store(builder.load(slot), ptr, align=4)
-            return context.get_dummy_value()
+        data = context.make_array(accty)(context, builder, acc_v).data
+        for v, slot in enumerate(slots):
+            ptr = builder.bitcast(builder.gep(data, [ir.Constant(_I64, 8 * v)]), _V8F32.as_pointer())
+            builder.store(builder.load(slot), ptr, align=4)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    if rows == 1:
+
+        @intrinsic
+        def fma_loop(typingctx, a, ao, b, bo, nchunks, acc):
+            return typer(a, b, acc)
+
+    else:
+
+        @intrinsic
+        def fma_loop(typingctx, a, ao, ao2, b, bo, nchunks, acc):
+            return typer(a, b, acc)
 
     return fma_loop
 
@@ -459,6 +472,8 @@ _fma_loop_8 = _make_fma_loop(1)
 _fma_loop_16 = _make_fma_loop(2)
 _fma_loop_32 = _make_fma_loop(4)
 _fma_loop_64 = _make_fma_loop(8)
+_fma_loop_32_x2 = _make_fma_loop(4, rows=2)
+_fma_loop_64_x2 = _make_fma_loop(8, rows=2)
 
 
 @njit(cache=True, inline="always")
@@ -475,6 +490,16 @@ def fma_lanes(a, ao, b, bo, nchunks, width, acc):
         _fma_loop_64(a, ao, b, bo, nchunks, acc)
     else:
         _fma_loop_16(a, ao, b, bo, nchunks, acc)
+
+
+@njit(cache=True, inline="always")
+def fma_lanes_x2(a, ao, ao2, b, bo, nchunks, width, acc):
+    """fma_lanes for two rows of a at once, width ∈ {32, 64}: row ao into acc[:width], row ao2 into
+    acc[width : 2·width], every lane the same sequence of FMAs as fma_lanes gives it."""
+    if width == 32:
+        _fma_loop_32_x2(a, ao, ao2, b, bo, nchunks, acc)
+    else:
+        _fma_loop_64_x2(a, ao, ao2, b, bo, nchunks, acc)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

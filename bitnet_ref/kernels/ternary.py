@@ -32,10 +32,11 @@ the integer sums are over the same elements, only the byte order differs; they a
 Two paths, chosen by `isa` (isa.ISA_*; `kernel_isa()` names the default):
 - SIMD (avx2, avx512vnni): the packed bytes go straight into the intrinsics of intrinsics.py. ggml profile: tokens 4
   at a time, so that each weight block, decoded once in registers, feeds 4 token rows (then the rest one by one).
-  bitnet profile: tiles of 2 weight rows × 4 tokens (tile_* intrinsics: each activation vector loaded once for both
-  rows, integer lanes kept across blocks), then single tokens row by row and a single last row. Which TQ rows are one
-  run comes from `runs` (one_run_rows, computed once when the engine loads the tensor). Single tokens (decode) stream
-  every row once from memory, and prefetch the rows PREFETCH_PAIRS row pairs ahead as they go.
+  bitnet profile: a work item is the row pair (p, p + ⌈M/2⌉) (_row_pair), in tiles of 2 weight rows × 4 tokens (tile_*
+  intrinsics: each activation vector loaded once for both rows, integer lanes kept across blocks), then 2 rows × 1
+  token, and a single last row where M is odd. Which TQ rows are one run comes from `runs` (one_run_rows, computed
+  once when the engine loads the tensor). Single tokens (decode) stream every row once from memory, two distant rows
+  side by side, and prefetch each stream PREFETCH_ROWS rows ahead as they go.
 - portable: plain numba loops; a weight row is decoded once into planes (below) that every token row reuses.
 """
 
@@ -83,7 +84,7 @@ I2S_ARM_BLOCK = I2_S_ARM.BLOCK_ELEMS  # elements per I2_S ARM block (64), in 16 
 FMT_TQ2_0, FMT_TQ1_0, FMT_I2S, FMT_I2S_ARM = 0, 1, 2, 3
 ROWS_PER_TASK = 16  # weight rows per parallel task of the portable path (one plane scratch per task)
 TOKEN_TILE = 64  # SIMD path: token rows whose activations (64·K bytes) stay in L2 while every weight row passes
-PREFETCH_PAIRS = 4  # SIMD path, single tokens: the row pair this far ahead is prefetched while one is summed
+PREFETCH_ROWS = 8  # SIMD path, single tokens: the row this far ahead (in each stream) is prefetched while one is summed
 
 DEFAULT_ISA = default_isa()
 
@@ -200,7 +201,7 @@ def _q8k_rows(w, m, K, qs, dx, bsums, out, fmt, isa, t0, t1, d_twin):
         out[t + 1, m] = hsum8(f1)
         out[t + 2, m] = hsum8(f2)
         out[t + 3, m] = hsum8(f3)
-    ahead = PREFETCH_PAIRS * 2 * nb * bb  # single tokens prefetch the row this far on (rows a later item reads)
+    ahead = PREFETCH_ROWS * nb * bb  # single tokens prefetch the row this far on (rows a later item reads)
     for t in range(t4, t1):
         acc = f32x8_zero()
         for b in range(nb):
@@ -234,11 +235,12 @@ def _tile(acc, w, wis, a, ai, astride, j0, nblocks, ahead, fmt, isa):
 @njit(cache=True, inline="always")
 def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa, ahead):
     """acc + integer lanes of blocks b0..b1-1, in calls of as many blocks as the int16 partial sums allow. I2_S rows
-    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s. TQ2_0 from
-    block 0 and several tokens (acc holds more than one per row) go in pairs of blocks by tile_tq2x2, then the block
-    left by tile_tq2; single tokens were no faster in pairs (docs/PERFORMANCE.md §9). Single tokens also prefetch the
-    bytes `ahead` further on (the rows a later work item reads)."""
-    if _is_i2s(fmt):
+    are always summed whole (b0 = 0): groups of four chunks by tile_i2s4, then the chunks left by tile_i2s; two rows
+    of a single token go chunk by chunk (in groups of four they ran 10-15 % slower). TQ2_0 from block 0 and several
+    tokens (acc holds more than one per row) go in pairs of blocks by tile_tq2x2, then the block left by tile_tq2;
+    single tokens were no faster in pairs (docs/PERFORMANCE.md §9). Single tokens also prefetch the bytes `ahead`
+    further on (the rows a later work item reads)."""
+    if _is_i2s(fmt) and not (len(wis) == 2 and len(acc) == 2):
         n4 = b1 // 4
         for j in range(0, n4, TILE_QUADS_I2S):
             acc = tile_i2s4(acc, w, wis, a, ai, astride, j, min(TILE_QUADS_I2S, n4 - j), ahead, isa)
@@ -257,6 +259,12 @@ def _tile_sum(acc, w, wis, a, ai, astride, b0, b1, fmt, isa, ahead):
 @njit(cache=True)
 def _z1():
     return (i32x8_zero(),)
+
+
+@njit(cache=True)
+def _z2():
+    z = i32x8_zero()
+    return (z, z)
 
 
 @njit(cache=True)
@@ -288,28 +296,26 @@ def _one_run_rows(w, M, K, fmt):
 
 
 @njit(cache=True, inline="always")
-def _tq_out(acc, w, wis, bb, t, ntok, m, s, act_sum, out):
-    """Outputs of one-run TQ rows: y = f32(f64(Σu·q − Σq) · f64(d)) / s (the product is exact in f64)."""
+def _tq_out(acc, w, wis, bb, t, ntok, ms, s, act_sum, out):
+    """Outputs (t.., ms[r]) of one-run TQ rows at byte offsets wis: y = f32(f64(Σu·q − Σq) · f64(d)) / s (the product
+    is exact in f64)."""
     for r in range(len(wis)):
         d = np.float64(_f16_at(w, wis[r] + bb - 2))
         for n in range(ntok):
             D = hsum_i32(acc[r * ntok + n]) - act_sum[t + n]
-            out[t + n, m + r] = np.float32(np.float64(D) * d) / s[t + n]
+            out[t + n, ms[r]] = np.float32(np.float64(D) * d) / s[t + n]
 
 
 @njit(cache=True, inline="always")
-def _tq_one_run(w, wis, m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad, ahead):
-    """Rows at byte offsets wis (each of one run; outputs m, m+1, ...) × tokens t0..t1-1: 4 tokens per tile call
-    (zero accumulators `quad`), then single tokens row by row, as I2_S's (these stream the rows faster than the 2-row
-    tile, docs/PERFORMANCE.md §9, prefetching `ahead` bytes on)."""
+def _tq_one_run(w, wis, ms, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, quad, single, ahead):
+    """Rows at byte offsets wis (each of one run; outputs ms) × tokens t0..t1-1: 4 tokens per tile call (zero
+    accumulators `quad`), then single tokens (zero accumulators `single`: all rows of wis in one tile, so that their
+    streams are read side by side), which prefetch `ahead` bytes on."""
     t4 = t1 - (t1 - t0) % 4
     for t in range(t0, t4, 4):
-        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 4, m, s, act_sum, out)
+        _tq_out(_tile_sum(quad, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 4, ms, s, act_sum, out)
     for t in range(t4, t1):
-        for r in range(len(wis)):
-            row = (wis[r],)
-            acc = _tile_sum(_z1(), w, row, q, t * K, K, 0, nb, fmt, isa, ahead)
-            _tq_out(acc, w, row, bb, t, 1, m + r, s, act_sum, out)
+        _tq_out(_tile_sum(single, w, wis, q, t * K, K, 0, nb, fmt, isa, ahead), w, wis, bb, t, 1, ms, s, act_sum, out)
 
 
 @njit(cache=True)
@@ -348,24 +354,24 @@ def _tq_runs(w, row, m, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead):
 
 
 @njit(cache=True, inline="always")
-def _tq_i8_rows(w, m, nr, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs):
-    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, TQ formats: rows of one run (runs[m] = 1) by
-    the tile intrinsic (2 rows × 4 tokens at a time where both are, single tokens row by row), other rows run by run.
-    Single tokens prefetch the rows PREFETCH_PAIRS pairs on."""
+def _tq_i8_rows(w, m, m2, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs):
+    """Outputs (t0..t1-1, m) and, where m2 ≥ 0, (t0..t1-1, m2) of the bitnet profile, TQ formats: rows of one run
+    (runs[m] = 1) by the tile intrinsic (2 rows × 4 tokens, then 2 rows × 1 token, where both are), other rows run by
+    run. Single tokens prefetch each row's stream PREFETCH_ROWS rows on."""
     nb = K // QK
     bb = TQ2_0_BYTES if fmt == FMT_TQ2_0 else TQ1_0_BYTES
-    r0 = m * nb * bb
-    ahead = PREFETCH_PAIRS * 2 * nb * bb
-    one = (runs[m] != 0, nr == 2 and runs[m + 1] != 0)
-    if one[0] and one[1]:
-        _tq_one_run(w, (r0, r0 + nb * bb), m, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z8(), ahead)
+    rb = nb * bb
+    ahead = PREFETCH_ROWS * rb
+    if m2 >= 0 and runs[m] != 0 and runs[m2] != 0:
+        _tq_one_run(w, (m * rb, m2 * rb), (m, m2), nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z8(), _z2(), ahead)
         return
-    for r in range(nr):
-        row = r0 + r * nb * bb
-        if one[r]:
-            _tq_one_run(w, (row,), m + r, nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z4(), ahead)
+    for r in (m, m2):
+        if r < 0:
+            continue
+        if runs[r] != 0:
+            _tq_one_run(w, (r * rb,), (r,), nb, bb, K, q, s, act_sum, out, fmt, isa, t0, t1, _z4(), _z1(), ahead)
         else:
-            _tq_runs(w, row, m + r, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead)
+            _tq_runs(w, r * rb, r, nb, bb, K, q, s, qcum, out, fmt, isa, t0, t1, ahead)
 
 
 @njit(cache=True)
@@ -381,61 +387,71 @@ def _block_prefix(q, nb):
     return qcum
 
 
+@njit(cache=True, inline="always")
+def _row_pair(p, M):
+    """The rows of work item p < H = ceil(M/2) in the bitnet SIMD paths: p and p + H, or p and -1 where M is odd and p
+    the last. The two rows lie half the matrix apart, so a single token streams two distant parts of memory at once
+    (faster than one: docs/PERFORMANCE.md §9)."""
+    m2 = np.int64(p) + (M + 1) // 2
+    return np.int64(p), (m2 if m2 < M else np.int64(-1))
+
+
 @njit(cache=True, parallel=True)
 def _simd_tq_i8(w, M, K, q, s, act_sum, out, fmt, isa, runs, qcum):
-    """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs in parallel; qcum is
-    _block_prefix of q where a row has several runs. The caller computes it: an array expression in a parallel function
-    is a parallel region of its own."""
+    """bitnet profile, TQ formats, on the SIMD path: token tile by token tile, row pairs (_row_pair) in parallel; qcum
+    is _block_prefix of q where a row has several runs. The caller computes it: an array expression in a parallel
+    function is a parallel region of its own."""
     T = q.shape[0]
     for t0 in range(0, T, TOKEN_TILE):
         for p in prange((M + 1) // 2):
             t1 = min(T, t0 + TOKEN_TILE)
-            _tq_i8_rows(w, 2 * p, min(2, M - 2 * p), K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs)
+            m, m2 = _row_pair(p, M)
+            _tq_i8_rows(w, m, m2, K, q, s, act_sum, qcum, out, fmt, isa, t0, t1, runs)
 
 
 @njit(cache=True, inline="always")
-def _i2s_out(acc, nr, t, ntok, m, s, act_sum, scale, out):
-    """bitnet.cpp's I2_S epilogue for rows m.. and tokens t.. of a tile."""
-    for r in range(nr):
+def _i2s_out(acc, ms, t, ntok, s, act_sum, scale, out):
+    """bitnet.cpp's I2_S epilogue for rows ms and tokens t.. of a tile."""
+    for r in range(len(ms)):
         for n in range(ntok):
-            out[t + n, m + r] = _i2s_epilogue(hsum_i32(acc[r * ntok + n]), act_sum[t + n], s[t + n], scale)
+            out[t + n, ms[r]] = _i2s_epilogue(hsum_i32(acc[r * ntok + n]), act_sum[t + n], s[t + n], scale)
 
 
 @njit(cache=True, inline="always")
-def _i2s_rows(w, m, nr, K, q, s, act_sum, out, isa, t0, t1, scale):
-    """Outputs (t0..t1-1, m..m+nr-1), nr ≤ 2, of the bitnet profile, I2_S: 2 rows × 4 tokens per tile call, then
-    single tokens row by row (measured: a 2-row tile for one token streams I2_S rows at half the speed), which
-    prefetch the rows PREFETCH_PAIRS pairs on."""
-    nc = K // I2S_BLOCK
-    r0 = m * (K // 4)
-    r1 = r0 + K // 4
-    ahead = PREFETCH_PAIRS * 2 * (K // 4)
+def _i2s_tiles(w, wis, ms, nc, K, q, s, act_sum, out, isa, t0, t1, quad, single, ahead, scale):
+    """I2_S rows at byte offsets wis (outputs ms) × tokens t0..t1-1: 4 tokens per tile call (zero accumulators `quad`),
+    then single tokens (zero accumulators `single`, all rows in one tile), which prefetch `ahead` bytes on."""
     t4 = t1 - (t1 - t0) % 4
-    if nr == 2:
-        for t in range(t0, t4, 4):
-            acc = _tile_sum(_z8(), w, (r0, r1), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
-            _i2s_out(acc, 2, t, 4, m, s, act_sum, scale, out)
-        for t in range(t4, t1):
-            for r, row in enumerate((r0, r1)):
-                acc = _tile_sum(_z1(), w, (row,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
-                _i2s_out(acc, 1, t, 1, m + r, s, act_sum, scale, out)
-        return
     for t in range(t0, t4, 4):
-        acc = _tile_sum(_z4(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
-        _i2s_out(acc, 1, t, 4, m, s, act_sum, scale, out)
+        acc = _tile_sum(quad, w, wis, q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
+        _i2s_out(acc, ms, t, 4, s, act_sum, scale, out)
     for t in range(t4, t1):
-        acc = _tile_sum(_z1(), w, (r0,), q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
-        _i2s_out(acc, 1, t, 1, m, s, act_sum, scale, out)
+        acc = _tile_sum(single, w, wis, q, t * K, K, 0, nc, FMT_I2S, isa, ahead)
+        _i2s_out(acc, ms, t, 1, s, act_sum, scale, out)
+
+
+@njit(cache=True, inline="always")
+def _i2s_rows(w, m, m2, K, q, s, act_sum, out, isa, t0, t1, scale):
+    """Outputs (t0..t1-1, m) and, where m2 ≥ 0, (t0..t1-1, m2) of the bitnet profile, I2_S: 2 rows × 4 tokens per tile
+    call, then 2 rows × 1 token, which prefetch each row's stream PREFETCH_ROWS rows on."""
+    nc = K // I2S_BLOCK
+    rb = K // 4
+    ahead = PREFETCH_ROWS * rb
+    if m2 >= 0:
+        _i2s_tiles(w, (m * rb, m2 * rb), (m, m2), nc, K, q, s, act_sum, out, isa, t0, t1, _z8(), _z2(), ahead, scale)
+    else:
+        _i2s_tiles(w, (m * rb,), (m,), nc, K, q, s, act_sum, out, isa, t0, t1, _z4(), _z1(), ahead, scale)
 
 
 @njit(cache=True, parallel=True)
 def _simd_i2s(w, M, K, q, s, act_sum, out, isa):
-    """bitnet profile, I2_S, on the SIMD path: token tile by token tile, row pairs in parallel."""
+    """bitnet profile, I2_S, on the SIMD path: token tile by token tile, row pairs (_row_pair) in parallel."""
     T = q.shape[0]
     scale = _i2s_scale(w, M, K)
     for t0 in range(0, T, TOKEN_TILE):
         for p in prange((M + 1) // 2):
-            _i2s_rows(w, 2 * p, min(2, M - 2 * p), K, q, s, act_sum, out, isa, t0, min(T, t0 + TOKEN_TILE), scale)
+            m, m2 = _row_pair(p, M)
+            _i2s_rows(w, m, m2, K, q, s, act_sum, out, isa, t0, min(T, t0 + TOKEN_TILE), scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
