@@ -194,6 +194,24 @@ def test_attention_matches_twin(profile, T, start_pos, n_head, hd):
     assert_same_bits(out, want, f"attention {profile} T={T} start={start_pos}")
 
 
+@njit(cache=True)
+def _work_items(nqb, n_kv):
+    return [attention._work_item(i, nqb, n_kv) for i in range(nqb * n_kv)]
+
+
+@pytest.mark.parametrize("nqb", [1, 2, 3, 32, 33])
+@pytest.mark.parametrize("n_kv", [1, 5])
+def test_blocked_work_items_cover_every_block_once_and_balance(nqb, n_kv):
+    """The blocked order's work items are each (KV head, query block) exactly once, and the first half of them (one
+    thread's share of two) holds half the work, a block costing its index + 1, to within one block per head (query
+    blocks in order would leave a quarter of the work unbalanced at 32 blocks)."""
+    items = _work_items(nqb, n_kv)
+    assert sorted(items) == [(g, qb) for g in range(n_kv) for qb in range(nqb)]
+    cost = [qb + 1 for _, qb in items]
+    half = len(items) // 2
+    assert abs(sum(cost[:half]) - sum(cost[half:])) <= n_kv * (nqb + 1)
+
+
 def test_attention_single_cell_is_v():
     k = np.ones((1, 8), F32)
     v = np.arange(8, dtype=F32)[None]

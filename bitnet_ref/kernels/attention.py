@@ -242,13 +242,23 @@ def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
             out[t, c + d] = acc
 
 
+@njit(cache=True, inline="always")
+def _work_item(item, nqb, n_kv):
+    """(KV head, query block) of work item `item` of the blocked order. A block's cost grows with its last position,
+    and the thread pool gives each thread a contiguous range of items, so the items take the query blocks from both
+    ends in turn (0, nqb−1, 1, nqb−2, ..., each for every KV head): any contiguous range holds about as many late
+    blocks as early ones."""
+    k, g = item // n_kv, item % n_kv
+    return g, (k // 2 if k % 2 == 0 else nqb - 1 - k // 2)
+
+
 @njit(cache=True, parallel=True)
 def _attend_blocked(q, k_tiles, v_cache, start_pos, s, out):
-    """The blocked order over (KV head, query block) work items spread over the thread pool."""
+    """The blocked order over (KV head, query block) work items spread over the thread pool (_work_item)."""
     T = q.shape[0]
     nqb = (T + QUERY_BLOCK - 1) // QUERY_BLOCK
     for item in prange(s.n_head_kv * nqb):
-        g, qb = item // nqb, item % nqb
+        g, qb = _work_item(item, nqb, s.n_head_kv)
         _attend_block(q, k_tiles, v_cache, g, qb * QUERY_BLOCK, min(T, (qb + 1) * QUERY_BLOCK), start_pos, s, out)
 
 
