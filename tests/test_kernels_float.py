@@ -204,7 +204,7 @@ def _work_items(nqb, n_kv):
 def test_blocked_work_items_cover_every_block_once_and_balance(nqb, n_kv):
     """The blocked order's work items are each (KV head, query block) exactly once, and the first half of them (one
     thread's share of two) holds half the work, a block costing its index + 1, to within one block per head (query
-    blocks in order would leave a quarter of the work unbalanced at 32 blocks)."""
+    blocks in order would split 32 blocks of one head 136 : 392)."""
     items = _work_items(nqb, n_kv)
     assert sorted(items) == [(g, qb) for g in range(n_kv) for qb in range(nqb)]
     cost = [qb + 1 for _, qb in items]
