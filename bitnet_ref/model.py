@@ -249,8 +249,8 @@ class Model:
         tiled = nm.float_dot == "ggml" and batched
         return attention.AttentionSettings(
             c.n_head, c.n_head_kv, c.head_dim, self.attn_scale, tiled and c.head_dim % nm.lanes == 0,
-            tiled and c.head_dim % 4 == 0, nm.lanes, nm.round_q_f16, nm.round_softmax_f16, nm.expf == "ggml_v_expf",
-            nm.softmax_sum == "double_chunks", nm.attention == "blocked")
+            tiled and c.head_dim % 4 == 0, nm.lanes, nm.round_q_f16, nm.round_softmax_f16,
+            activation.EXP_KINDS[nm.expf], nm.softmax_sum == "double_chunks", nm.attention == "blocked")
 
     # -- public API ----------------------------------------------------------------------------------------------------
 
@@ -361,7 +361,7 @@ class Model:
         if c.ffn_act == "relu2":
             activation.relu2_glu(gate, up, f)  # f: (T, n_ff)
         else:
-            activation.swiglu(gate, up, nm.lanes, nm.expf == "ggml_v_expf", f)
+            activation.swiglu(gate, up, nm.lanes, activation.EXP_KINDS[nm.expf], f)
         _fire(trace, "ffn_sub_out", il, f)
         # BitNet: RMSNorm before down_proj (ffn_sub_norm), n_ff wide
         norm.rmsnorm(f, layer.ffn_sub_norm, c.rms_eps, double, f)

@@ -23,7 +23,7 @@ ACTIVATION_KINDS = ("q8_k", "i8_token", "i8_lut", "f16", "bf16", "q8_0", "none")
 KV_DTYPES = ("f16", "f32")
 RMSNORM_SUMS = ("double", "f32")
 ROPE_THETAS = ("iterative_f32", "direct")
-EXPFS = ("ggml_v_expf", "libm")
+EXPFS = ("ggml_v_expf", "libm", "glibc")
 SOFTMAX_SUMS = ("double_chunks", "f32")
 FLOAT_DOTS = ("ggml", "fixed")
 SIMDS = ("avx2", "avx512", "avx512bf16")
@@ -53,7 +53,9 @@ class Numerics:
     round_softmax_f16: bool  # softmax probabilities rounded to f16 before P·V
     rmsnorm_sum: str  # "double": Σ f32(x²) in a double (ggml) | "f32"
     rope_theta: str  # "iterative_f32": θ_{i+1} = θ_i·powf(base, −2/n_rot) in f32 (ggml) | "direct": pos·base^(−2i/d)
-    expf: str  # "ggml_v_expf": ggml's SIMD polynomial (tails in libm expf) | "libm": expf everywhere
+    # "ggml_v_expf": ggml's SIMD polynomial (tails in libm expf) | "libm": the process's libm expf everywhere |
+    # "glibc": glibc's expf algorithm (FMA build) everywhere, in-house (kernels/activation.py: libm's on glibc hosts)
+    expf: str
     softmax_sum: str  # "double_chunks": each SIMD chunk reduced in f32, then summed in double (ggml) | "f32"
     float_dot: str  # "ggml": vec_dot order for one column, tinyBLAS order for ≥ 2 | "fixed": vec_dot order always
     simd: str  # "avx2" | "avx512" | "avx512bf16": lane count, reduction trees and BF16 dot of ggml's float kernels
@@ -61,7 +63,7 @@ class Numerics:
     # ("i8_token": BitNet's per-token int8, also for F32/F16/BF16/Q8_0 weights); None: each weight type's own kind
     bitlinear_input: str | None = None
     # attention's summation order: "ggml" (vec_dot / tinyBLAS per query and head, kernels/attention.py) | "blocked"
-    # (plain sequential sums, computed for blocks of queries at once; needs the f32 cache, libm expf, f32 sums)
+    # (plain sequential sums, computed for blocks of queries at once; needs the f32 cache, libm or glibc expf, f32 sums)
     attention: str = "ggml"
 
     def __post_init__(self) -> None:
@@ -78,11 +80,12 @@ class Numerics:
         for field, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"Numerics {self.name!r}: {field} = {value!r}; expected one of {allowed}")
-        plain = (self.kv_dtype, self.round_q_f16, self.round_softmax_f16, self.expf, self.softmax_sum)
-        if self.attention == "blocked" and plain != ("f32", False, False, "libm", "f32"):
+        plain = (self.kv_dtype, self.round_q_f16, self.round_softmax_f16, self.expf != "ggml_v_expf", self.softmax_sum)
+        if self.attention == "blocked" and plain != ("f32", False, False, True, "f32"):
             raise ConfigError(
                 f"Numerics {self.name!r}: attention = 'blocked' needs kv_dtype f32, no f16 rounding of Q or P, libm "
-                f"expf and f32 softmax sums; got {plain}"
+                f"or glibc expf and f32 softmax sums; got kv_dtype={self.kv_dtype} round_q_f16={self.round_q_f16} "
+                f"round_softmax_f16={self.round_softmax_f16} expf={self.expf} softmax_sum={self.softmax_sum}"
             )
         if self.bitlinear_input not in (None, *ACTIVATION_KINDS):
             raise ConfigError(f"Numerics {self.name!r}: bitlinear_input = {self.bitlinear_input!r}")
@@ -150,7 +153,7 @@ def _bitnet(simd: str) -> Numerics:
         round_softmax_f16=False,
         rmsnorm_sum="f32",
         rope_theta="direct",
-        expf="libm",
+        expf="glibc",
         softmax_sum="f32",
         float_dot="fixed",
         simd=simd,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -35,7 +37,7 @@ from float_twins import (  # the numpy twins and helpers these tests compare wit
 from numba import njit
 
 from bitnet_ref.formats import BF16
-from bitnet_ref.kernels import activation, attention, dense, norm, rope
+from bitnet_ref.kernels import activation, attention, dense, intrinsics, norm, rope
 from bitnet_ref.kernels.scalar import powf
 from bitnet_ref.numerics import PROFILES
 
@@ -100,10 +102,84 @@ def test_swiglu_matches_twin(lanes, n, T):
     gate = (rng.standard_normal((T, n)) * 8).astype(F32)
     gate[0, :4] = [-200, 200, 0, -0.0]
     up = rng.standard_normal((T, n)).astype(F32)
-    for ggml_exp in (True, False):
+    for kind in (activation.EXP_GGML, activation.EXP_LIBM, activation.EXP_GLIBC):  # glibc's: libm's on glibc hosts
         out = np.empty_like(gate)
-        activation.swiglu(gate, up, lanes, ggml_exp, out)
-        assert_same_bits(out, twin_swiglu(gate, up, lanes, ggml_exp), f"swiglu n={n} lanes={lanes} ggml={ggml_exp}")
+        activation.swiglu(gate, up, lanes, kind, out)
+        want = twin_swiglu(gate, up, lanes, kind == activation.EXP_GGML)
+        assert_same_bits(out, want, f"swiglu n={n} lanes={lanes} exp={kind}")
+
+
+@njit(cache=True)
+def _expf_glibc_all(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = activation.expf_glibc(x[i])
+    return out
+
+
+@njit(cache=True)
+def _libm_expf_all(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = intrinsics.expf(x[i])
+    return out
+
+
+def _expf_glibc_twin(x: float) -> np.float32:
+    """glibc's expf algorithm in Python doubles, each fused a·b + c as one exact rational rounded once."""
+
+    def fma_d(a, b, c):
+        return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+    b = int(np.float32(x).view(np.uint32))
+    top = (b >> 20) & 0x7FF
+    if top > 0x42A:
+        if b == 0xFF800000:
+            return F32(0)
+        if top > 0x7F7:
+            return F32(x) + F32(x)
+        if x > float.fromhex("0x1.62e42ep6"):
+            return F32(np.inf)
+        if x < -float.fromhex("0x1.9fe368p6"):
+            return F32(0)
+        if x < -float.fromhex("0x1.9d1d9ep6"):
+            return F32(2.0**-149)
+    inv_ln2_n = float.fromhex("0x1.71547652b82fep+0") * 32
+    shift = float.fromhex("0x1.8p52")
+    kd = fma_d(inv_ln2_n, x, shift)
+    ki = int(np.float64(kd).view(np.uint64))
+    kd -= shift
+    r = fma_d(inv_ln2_n, x, -kd)
+    k = ki & 31
+    with localcontext() as ctx:
+        ctx.prec = 40
+        two_k = float(Decimal(2) ** (Decimal(k) / 32))  # the nearest double to 2^(k/32)
+    s = float(np.uint64((int(np.float64(two_k).view(np.uint64)) - (k << 47) + (ki << 47)) % 2**64).view(np.float64))
+    z = fma_d(r, float.fromhex("0x1.c6af84b912394p-5") / 32**3, float.fromhex("0x1.ebfce50fac4f3p-3") / 32**2)
+    y = fma_d(z, r * r, fma_d(r, float.fromhex("0x1.62e42ff0c52d6p-1") / 32, 1.0))
+    return F32(y * s)
+
+
+def _expf_inputs(rng: np.random.Generator, n_random: int) -> np.ndarray:
+    """Every region of expf's input: zeros, infinities, a NaN, subnormals, the special-case bounds and their
+    neighbours, ±88, a grid over [-104, 89], and random bit patterns."""
+    edges = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, -1e-40, 88.0, -88.0, 88.72, -103.28, -103.97]
+    for hx in ("0x1.62e42ep6", "-0x1.9fe368p6", "-0x1.9d1d9ep6"):
+        v = F32(float.fromhex(hx))
+        edges += [np.nextafter(v, F32(-np.inf)), v, np.nextafter(v, F32(np.inf))]
+    grid = np.linspace(-104, 89, 20001, dtype=F32)
+    bits = rng.integers(0, 2**32, n_random, dtype=np.uint64).astype(np.uint32).view(F32)
+    return np.concatenate([np.array(edges, F32), grid, bits])
+
+
+def test_expf_glibc_matches_libm_and_its_twin():
+    """expf_glibc is the C library's expf bit for bit (every test host runs glibc), and on a smaller sample the same
+    algorithm computed with exact rational FMAs, which holds whatever the host's libm."""
+    x = _expf_inputs(np.random.default_rng(5), 1 << 22)
+    assert_same_bits(_expf_glibc_all(x), _libm_expf_all(x), "expf_glibc vs libm expf")
+    small = _expf_inputs(np.random.default_rng(6), 2000)[::7]
+    want = np.array([_expf_glibc_twin(float(v)) for v in small], F32)
+    assert_same_bits(_expf_glibc_all(small), want, "expf_glibc vs its rational twin")
 
 
 def test_relu2_add_scale():
@@ -186,8 +262,9 @@ def test_attention_matches_twin(profile, T, start_pos, n_head, hd):
         nm.expf == "ggml_v_expf",
         nm.softmax_sum == "double_chunks",
     )
+    kernel_args = (*args[1:10], activation.EXP_KINDS[nm.expf], *args[11:])
     out = np.full((T, n_head * hd), np.nan, F32)
-    attention.attend(q, k_cache, v_cache, start_pos, attention.AttentionSettings(*args[1:], blocked), out)
+    attention.attend(q, k_cache, v_cache, start_pos, attention.AttentionSettings(*kernel_args, blocked), out)
     kf = k_new.astype(np.float16).astype(F32) if dtype == np.uint16 else k_new
     vf = v_new.astype(np.float16).astype(F32) if dtype == np.uint16 else v_new
     want = twin_attention_blocked(q, kf, vf, *args[:5]) if blocked else twin_attention(q, kf, vf, *args)

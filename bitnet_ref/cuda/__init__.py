@@ -26,7 +26,7 @@ CUDA_NUMERICS = {
     "round_softmax_f16": False,
     "rmsnorm_sum": "f32",
     "rope_theta": "direct",
-    "expf": "libm",
+    "expf": "glibc",
     "softmax_sum": "f32",
     "float_dot": "fixed",
     "attention": "blocked",

@@ -1,16 +1,26 @@
-"""Gated FFN activations (SwiGLU, relu²-GLU), residual add, and ggml's SIMD expf they and the softmax use.
+"""Gated FFN activations (SwiGLU, relu²-GLU), residual add, and the expf variants they and the softmax use.
 
-ggml applies its vector expf to full SIMD chunks of a row and libm expf to the row's `n mod lanes` tail
-(docs/NUMERICS.md §4.11); `lanes` = 8 (AVX2) or 16 (AVX-512) selects both the chunking and the expf variant.
+Three expf, chosen by Numerics.expf (EXP_KINDS):
+- "ggml_v_expf": ggml applies its vector expf to full SIMD chunks of a row and libm expf to the row's `n mod lanes`
+  tail (docs/NUMERICS.md §4.11); `lanes` = 8 (AVX2) or 16 (AVX-512) selects both the chunking and the variant.
+- "libm": the process's libm expf, called per element.
+- "glibc": `expf_glibc`, glibc's expf algorithm as its x86-64 FMA build computes it (the one glibc's ifunc picks on
+  every host with FMA), written out here: bit for bit that libm's expf on such hosts (checked over all 2^32 inputs
+  against glibc 2.36), the same numbers where the C library differs, and about twice as fast, being inlined.
 """
 
 from __future__ import annotations
+
+import decimal
 
 import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.kernels.actquant import SERIAL_ROWS
-from bitnet_ref.kernels.intrinsics import bits_f32, expf, f32_bits, fma32
+from bitnet_ref.kernels.intrinsics import bits_f32, bits_f64, expf, f32_bits, f64_bits, fma32, fma64
+
+EXP_LIBM, EXP_GGML, EXP_GLIBC = 0, 1, 2
+EXP_KINDS = {"libm": EXP_LIBM, "ggml_v_expf": EXP_GGML, "glibc": EXP_GLIBC}  # Numerics.expf -> kernel argument
 
 _ROUNDER = np.float32(float.fromhex("0x1.8p23"))
 _LOG2E = np.float32(float.fromhex("0x1.715476p0"))
@@ -70,33 +80,109 @@ def v_expf(x, lanes):
     return v_expf_avx2(x)
 
 
+# glibc's expf (sysdeps/ieee754/flt-32/e_expf.c, 32-entry table): x·32/ln2 = k + r, |r| ≤ 1/2, and
+# e^x = 2^(k/32)·2^(r/32) ≈ s·(C0·r³ + C1·r² + C2·r + 1), in double; the FMA build fuses every a·b + c below.
+_EXP2_BITS = 5
+_EXP2_N = 1 << _EXP2_BITS
+
+
+def _exp2_table() -> np.ndarray:
+    """T[i] = bits(2^(i/32), the nearest double) − i·2^47: 2^(k/32) is then the double of bits T[k mod 32] + k·2^47."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        nearest = [float(decimal.Decimal(2) ** (decimal.Decimal(i) / _EXP2_N)) for i in range(_EXP2_N)]
+    bits = [int(np.float64(v).view(np.uint64)) for v in nearest]
+    return np.array([(b - (i << (52 - _EXP2_BITS))) % 2**64 for i, b in enumerate(bits)], np.uint64)
+
+
+_EXP2_TAB = _exp2_table()
+_INV_LN2_N = float.fromhex("0x1.71547652b82fep+0") * _EXP2_N  # 32/ln2
+_SHIFT = float.fromhex("0x1.8p52")  # adding it rounds to an integer in the low mantissa bits
+_P0 = float.fromhex("0x1.c6af84b912394p-5") / _EXP2_N**3  # the polynomial's coefficients, scaled for r in 1/32 units
+_P1 = float.fromhex("0x1.ebfce50fac4f3p-3") / _EXP2_N**2
+_P2 = float.fromhex("0x1.62e42ff0c52d6p-1") / _EXP2_N
+_BIG_TOP = 0x42A  # (bits >> 20) & 0x7ff above this: |x| ≥ 88, inf or nan (the special cases)
+_OVERFLOW = np.float32(float.fromhex("0x1.62e42ep6"))  # above: +inf
+_UNDERFLOW = np.float32(-float.fromhex("0x1.9fe368p6"))  # below: 0
+_MAY_UNDERFLOW = np.float32(-float.fromhex("0x1.9d1d9ep6"))  # below: the least subnormal, 2^-149
+_NEG_INF_BITS = np.int32(-8388608)  # 0xff800000
+
+
 @njit(cache=True, inline="always")
-def _swiglu_row(gate, up, lanes, ggml_exp, out, t):
+def _expf_glibc_core(x):
+    """The main path of glibc's expf, |x| < 88 (and, past the special cases, up to their bounds)."""
+    xd = np.float64(x)
+    kd = fma64(_INV_LN2_N, xd, _SHIFT)
+    ki = f64_bits(kd)
+    kd -= _SHIFT
+    r = fma64(_INV_LN2_N, xd, -kd)
+    s = bits_f64(_EXP2_TAB[ki & np.uint64(_EXP2_N - 1)] + (ki << np.uint64(52 - _EXP2_BITS)))
+    z = fma64(r, _P0, _P1)
+    y = fma64(z, r * r, fma64(r, _P2, 1.0))
+    return np.float32(y * s)
+
+
+@njit(cache=True, inline="always")
+def expf_glibc(x):
+    """glibc's expf of an f32 (module docstring): the special cases as glibc returns them, else the main path."""
+    b = f32_bits(x)
+    if ((b >> 20) & 0x7FF) <= _BIG_TOP:
+        return _expf_glibc_core(x)
+    if b == _NEG_INF_BITS:
+        return np.float32(0)
+    if ((b >> 20) & 0x7FF) > 0x7F7:  # inf or nan
+        return x + x
+    if x > _OVERFLOW:
+        return np.float32(np.inf)
+    if x < _UNDERFLOW:
+        return np.float32(0)
+    if x < _MAY_UNDERFLOW:
+        return np.float32(2.0**-149)
+    return _expf_glibc_core(x)
+
+
+@njit(cache=True, inline="always")
+def exp_of(x, kind, lanes):
+    """expf of kind EXP_GGML (one lane of ggml's SIMD expf for `lanes`), EXP_GLIBC or EXP_LIBM."""
+    if kind == EXP_GGML:
+        return v_expf(x, lanes)
+    if kind == EXP_GLIBC:
+        return expf_glibc(x)
+    return expf(x)
+
+
+@njit(cache=True, inline="always")
+def _swiglu_row(gate, up, lanes, exp, out, t):
     """Row t of swiglu."""
     n = gate.shape[1]
-    n_vec = n - n % lanes if ggml_exp else 0
+    n_vec = n - n % lanes if exp == EXP_GGML else 0
     for i in range(n):
         x = gate[t, i]
-        e = v_expf(-x, lanes) if i < n_vec else expf(-x)
+        if i < n_vec:
+            e = v_expf(-x, lanes)
+        elif exp == EXP_GLIBC:
+            e = expf_glibc(-x)
+        else:
+            e = expf(-x)  # libm: the whole row, or ggml's tail
         out[t, i] = (x / (_ONE + e)) * up[t, i]
 
 
 @njit(cache=True, parallel=True)
-def _swiglu_parallel(gate, up, lanes, ggml_exp, out):
+def _swiglu_parallel(gate, up, lanes, exp, out):
     for t in prange(gate.shape[0]):
-        _swiglu_row(gate, up, lanes, ggml_exp, out, t)
+        _swiglu_row(gate, up, lanes, exp, out, t)
 
 
 @njit(cache=True)
-def swiglu(gate, up, lanes, ggml_exp, out):
-    """out = silu(gate)·up per row, silu(x) = x / (1 + exp(−x)); ggml's vector expf on full chunks if ggml_exp.
-    Elements are independent: rows beyond SERIAL_ROWS go over the thread pool (one expf per element, 3.5 M a
-    512-token layer of 2B-4T), with the same results."""
+def swiglu(gate, up, lanes, exp, out):
+    """out = silu(gate)·up per row, silu(x) = x / (1 + exp(−x)), with the expf of kind `exp` (EXP_KINDS; ggml's
+    vector expf on full chunks and libm's on the tail). Elements are independent: rows beyond SERIAL_ROWS go over the
+    thread pool (one expf per element, 3.5 M a 512-token layer of 2B-4T), with the same results."""
     if gate.shape[0] <= SERIAL_ROWS:
         for t in range(gate.shape[0]):
-            _swiglu_row(gate, up, lanes, ggml_exp, out, t)
+            _swiglu_row(gate, up, lanes, exp, out, t)
     else:
-        _swiglu_parallel(gate, up, lanes, ggml_exp, out)
+        _swiglu_parallel(gate, up, lanes, exp, out)
 
 
 @njit(cache=True)

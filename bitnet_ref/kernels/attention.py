@@ -12,13 +12,13 @@ Two orders, chosen by the settings' `blocked` (Numerics.attention):
   pads n_kv to a multiple of 256; the padded cells only add exact zeros, and every chunk boundary of the padded length
   is a multiple of the chunk widths, so iterating over j ≤ p in the same lane positions (zero-padded to a whole chunk)
   is the same arithmetic.
-- blocked ("blocked", f32 cache, no f16 rounding, libm expf, f32 sums): every sum in plain sequential order,
-  s_j = f32 Σ_d q_d·K_j,d (d ascending, one rounding per multiply and per add), w_j = s_j·scale, softmax with
-  e_j = expf(w_j − max), Σ e_j in j order, P_j = e_j / Σ, out_d = Σ_j P_j·V_j,d (j ascending). The sums stay in that
-  order and still vectorize: the scores over the keys j (K stored in (dim, key) tiles of 16 positions, read in
-  place), the outputs over d (V stored by position). Work items are a KV head × a block of QUERY_BLOCK queries (× the
-  n_gqa heads that share the head), whose K and V stay in cache while every row of the block reads them. Independent
-  of the block size and thread count.
+- blocked ("blocked", f32 cache, no f16 rounding, glibc's or libm's expf, f32 sums): every sum in plain sequential
+  order, s_j = f32 Σ_d q_d·K_j,d (d ascending, one rounding per multiply and per add), w_j = s_j·scale, softmax with
+  e_j = expf(w_j − max) (the settings' exp), Σ e_j in j order, P_j = e_j / Σ, out_d = Σ_j P_j·V_j,d (j ascending).
+  The sums stay in that order and still vectorize: the scores over the keys j (K stored in (dim, key) tiles of 16
+  positions, read in place), the outputs over d (V stored by position). Work items are a KV head × a block of
+  QUERY_BLOCK queries (× the n_gqa heads that share the head), whose K and V stay in cache while every row of the block
+  reads them. Independent of the block size and thread count.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from bitnet_ref.kernels.activation import v_expf
+from bitnet_ref.kernels.activation import exp_of
 from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
-from bitnet_ref.kernels.intrinsics import expf, f32x8_load, f32x8_mul_add, f32x8_store, f32x8_zero
+from bitnet_ref.kernels.intrinsics import f32x8_load, f32x8_mul_add, f32x8_store, f32x8_zero
 from bitnet_ref.kernels.scalar import load, round_f16, store
 
 PARALLEL_WORK = 1 << 14  # query·cell·dim products from which attention uses the thread pool
@@ -50,7 +50,7 @@ class AttentionSettings(NamedTuple):
     lanes: int  # f32 lanes of ggml's float kernels: 8 (AVX2) or 16 (AVX-512)
     round_q: bool  # q rounded to f16 before q·K
     round_p: bool  # softmax probabilities rounded to f16 before P·V
-    ggml_exp: bool  # ggml's SIMD expf in the softmax (else libm expf)
+    exp: int  # the softmax's expf: activation.EXP_GGML (ggml's SIMD expf), EXP_LIBM or EXP_GLIBC
     double_sum: bool  # softmax chunk sums added in double (ggml) (else one f32 sum)
     blocked: bool  # the blocked sequential order (f32 cache only; the fields above ggml's then unused)
 
@@ -81,7 +81,7 @@ def kv_layout(n_ctx: int, width: int, blocked: bool) -> tuple[tuple[int, int], t
 
 
 @njit(cache=True, inline="always")
-def _softmax(w, n, lanes, ggml_exp, double_sum, chunk):
+def _softmax(w, n, lanes, exp, double_sum, chunk):
     """In place: w[:n] = softmax(w[:n]); ggml: v_expf per lane chunk, chunk sums (hsum) added in double."""
     mx = w[0]
     for j in range(1, n):
@@ -91,7 +91,7 @@ def _softmax(w, n, lanes, ggml_exp, double_sum, chunk):
         for base in range(0, n, lanes):
             for c in range(lanes):
                 j = base + c
-                chunk[c] = (v_expf(w[j] - mx, lanes) if ggml_exp else expf(w[j] - mx)) if j < n else np.float32(0)
+                chunk[c] = exp_of(w[j] - mx, exp, lanes) if j < n else np.float32(0)
                 if j < n:
                     w[j] = chunk[c]
             total += np.float64(reduce_tiled(chunk, 0, lanes))
@@ -101,7 +101,7 @@ def _softmax(w, n, lanes, ggml_exp, double_sum, chunk):
     else:
         total32 = np.float32(0)
         for j in range(n):
-            w[j] = v_expf(w[j] - mx, lanes) if ggml_exp else expf(w[j] - mx)
+            w[j] = exp_of(w[j] - mx, exp, lanes)
             total32 += w[j]
         for j in range(n):
             w[j] = w[j] / total32
@@ -131,7 +131,7 @@ def _attend_group(q, k_cache, v_cache, t, g, start_pos, n_pad, s, out):
             else:
                 kq = vec_dot(k_cache[j], g * head_dim, qh, 0, head_dim, lanes, VEC_F16, acc)
             wi[j] = kq * s.scale
-        _softmax(wi, n, lanes, s.ggml_exp, s.double_sum, chunk)
+        _softmax(wi, n, lanes, s.exp, s.double_sum, chunk)
         if s.round_p:
             for j in range(n):
                 wi[j] = round_f16(wi[j])
@@ -208,7 +208,7 @@ def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
             mx = max(mx, pr[j])
         total = np.float32(0)
         for j in range(n_r):
-            e = expf(pr[j] - mx)
+            e = exp_of(pr[j] - mx, s.exp, s.lanes)
             pr[j] = e
             total += e
         for j in range(n_r):

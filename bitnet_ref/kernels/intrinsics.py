@@ -1,8 +1,8 @@
 """Everything the kernels emit as LLVM IR through numba's `@intrinsic`, one name per helper.
 
-- f32 scalars: `fma32` (llvm.fma: one rounding), the bit casts `f32_bits` / `bits_f32`, f16 <-> f32 (`f16_to_f32`,
-  `f32_to_f16`), glibc's `cosf` / `sinf` / `expf` called by symbol name (the process's libm: the code llama.cpp's CPU
-  build calls).
+- f32 scalars: `fma32` (llvm.fma: one rounding; `fma64` for f64), the bit casts `f32_bits` / `bits_f32` (and
+  `f64_bits` / `bits_f64`), f16 <-> f32 (`f16_to_f32`, `f32_to_f16`), glibc's `cosf` / `sinf` / `expf` called by
+  symbol name (the process's libm: the code llama.cpp's CPU build calls).
 - 8-lane registers, the numba types I32x8 / F32x8: zeros, `f32x8_load` / `f32x8_store` (f32, or f16 bits decoded on
   load), `f32x8_mul_add` (acc + x·v rounded twice, as plain f32 code), `f32x8_fma` (_mm256_fmadd_ps), `hsum8` (ggml's
   hsum_float_8: ((a4+a0) + (a6+a2)) + ((a5+a1) + (a7+a3))), `hsum_i32`.
@@ -98,6 +98,42 @@ def fma32(typingctx, a, b, c):
         return _call(builder, "llvm.fma.f32", _F32, args)
 
     return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
+def fma64(typingctx, a, b, c):
+    """f64 a·b + c with a single rounding (llvm.fma.f64)."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 64 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.fma.f64", ir.DoubleType(), args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@intrinsic
+def f64_bits(typingctx, x):
+    """The IEEE bits of an f64 as uint64."""
+    if not (isinstance(x, types.Float) and x.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I64)
+
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def bits_f64(typingctx, bits):
+    """The f64 whose IEEE bits are a uint64."""
+    if bits != types.uint64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.uint64), codegen
 
 
 @intrinsic
