@@ -37,7 +37,7 @@ from float_twins import (  # the numpy twins and helpers these tests compare wit
 from numba import njit
 
 from bitnet_ref.formats import BF16
-from bitnet_ref.kernels import activation, attention, dense, intrinsics, norm, rope
+from bitnet_ref.kernels import activation, attention, dense, norm, rope
 from bitnet_ref.kernels.scalar import powf
 from bitnet_ref.numerics import PROFILES
 
@@ -110,18 +110,11 @@ def test_swiglu_matches_twin(lanes, n, T):
 
 
 @njit(cache=True)
-def _expf_glibc_all(x):
+def _exp_kind_all(x, kind):
+    """activation.exp_of of kind EXP_GLIBC or EXP_LIBM (the process's libm) over an array."""
     out = np.empty_like(x)
     for i in range(x.shape[0]):
-        out[i] = activation.expf_glibc(x[i])
-    return out
-
-
-@njit(cache=True)
-def _libm_expf_all(x):
-    out = np.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i] = intrinsics.expf(x[i])
+        out[i] = activation.exp_of(x[i], kind, 8)
     return out
 
 
@@ -176,10 +169,11 @@ def test_expf_glibc_matches_libm_and_its_twin():
     """expf_glibc is the C library's expf bit for bit (every test host runs glibc), and on a smaller sample the same
     algorithm computed with exact rational FMAs, which holds whatever the host's libm."""
     x = _expf_inputs(np.random.default_rng(5), 1 << 22)
-    assert_same_bits(_expf_glibc_all(x), _libm_expf_all(x), "expf_glibc vs libm expf")
+    glibc, libm = activation.EXP_GLIBC, activation.EXP_LIBM
+    assert_same_bits(_exp_kind_all(x, glibc), _exp_kind_all(x, libm), "expf_glibc vs libm expf")
     small = _expf_inputs(np.random.default_rng(6), 2000)[::7]
     want = np.array([_expf_glibc_twin(float(v)) for v in small], F32)
-    assert_same_bits(_expf_glibc_all(small), want, "expf_glibc vs its rational twin")
+    assert_same_bits(_exp_kind_all(small, glibc), want, "expf_glibc vs its rational twin")
 
 
 def test_relu2_add_scale():
