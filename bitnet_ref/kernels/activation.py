@@ -156,14 +156,10 @@ def _swiglu_row(gate, up, lanes, exp, out, t):
     """Row t of swiglu."""
     n = gate.shape[1]
     n_vec = n - n % lanes if exp == EXP_GGML else 0
+    tail = EXP_LIBM if exp == EXP_GGML else exp  # ggml's tail past the full chunks is libm's
     for i in range(n):
         x = gate[t, i]
-        if i < n_vec:
-            e = v_expf(-x, lanes)
-        elif exp == EXP_GLIBC:
-            e = expf_glibc(-x)
-        else:
-            e = expf(-x)  # libm: the whole row, or ggml's tail
+        e = exp_of(-x, exp if i < n_vec else tail, lanes)
         out[t, i] = (x / (_ONE + e)) * up[t, i]
 
 

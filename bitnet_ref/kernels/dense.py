@@ -151,7 +151,7 @@ def vec_dot(a, ao, b, bo, n, lanes, variant, acc):
 @njit(cache=True, inline="always")
 def vec_dot_f16_x2(a, ao, ao2, b, bo, n, lanes, acc):
     """vec_dot (VEC_F16) of two rows a[ao:ao+n] and a[ao2:ao2+n] with b, their chunks loaded side by side: two memory
-    streams in flight, which lets a single-token head read at the bus's speed (docs/PERFORMANCE.md §9). Each row's
+    streams in flight, which lets a single-token head read at the bus's speed (docs/PERFORMANCE.md §10). Each row's
     result is bit for bit vec_dot's; acc ≥ 8·lanes."""
     width = 4 * lanes
     for j in range(2 * width):
