@@ -271,7 +271,7 @@ class Model:
             self.kv.n_past = start_pos + lo + len(chunk)
             if logits is not None:
                 rows.append(logits.copy())
-        return np.concatenate(rows, axis=0)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
     def describe(self) -> dict:
         """Config, numerics, threads, the weight type of every linear and the ternary kernels' ISA, for records."""

@@ -102,7 +102,7 @@ class BitnetRefBackend:
         step, pos = np.asarray(tokens, np.int32), 0
         out, rows = [], []
         while len(out) < n_new:
-            rows.append(np.array(self.model.forward(step, pos, all_logits=False)[-1], np.float32))
+            rows.append(self.model.forward(step, pos, all_logits=False)[-1])  # a fresh f32 row: no copy
             out.append(int(np.argmax(rows[-1])))
             step, pos = np.asarray(out[-1:], np.int32), len(tokens) + len(out) - 1
         return out, np.stack(rows) if rows else np.zeros((0, self.config.n_vocab), np.float32)

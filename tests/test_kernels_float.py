@@ -176,6 +176,28 @@ def test_expf_glibc_matches_libm_and_its_twin():
     assert_same_bits(_exp_kind_all(small, glibc), want, "expf_glibc vs its rational twin")
 
 
+@njit(cache=True)
+def _expf_glibc_inplace_of(x, n0):
+    """activation.expf_glibc_inplace over a copy of x[n0:] (n0 shifts the chunks of 8 against the data)."""
+    out = x[n0:].copy()
+    activation.expf_glibc_inplace(out, out.shape[0])
+    return out
+
+
+def test_expf_glibc_vector_path_matches_libm_and_its_twin():
+    """expf_glibc_inplace takes chunks of 8 in the main path's range through the vector form and the rest element by
+    element: every element is libm's expf bit for bit, at two chunk offsets, over inputs where special values fall
+    among ordinary ones and over sorted in-range runs (whole chunks vectorized); a sample matches the rational twin."""
+    x = _expf_inputs(np.random.default_rng(7), 1 << 21)
+    x = np.concatenate([x, np.sort(x[np.abs(x) < 88])])
+    for n0 in (0, 3):
+        assert_same_bits(_expf_glibc_inplace_of(x, n0), _exp_kind_all(x[n0:], activation.EXP_LIBM),
+                         f"expf_glibc_inplace vs libm expf, offset {n0}")
+    small = np.sort(_expf_inputs(np.random.default_rng(8), 2000)[::7])
+    want = np.array([_expf_glibc_twin(float(v)) for v in small], F32)
+    assert_same_bits(_expf_glibc_inplace_of(small, 0), want, "expf_glibc_inplace vs the rational twin")
+
+
 def test_relu2_add_scale():
     rng = np.random.default_rng(3)
     g, u = rng.standard_normal((2, 4, 33)).astype(F32)

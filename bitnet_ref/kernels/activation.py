@@ -17,7 +17,19 @@ import numpy as np
 from numba import njit, prange
 
 from bitnet_ref.kernels.actquant import SERIAL_ROWS
-from bitnet_ref.kernels.intrinsics import bits_f32, bits_f64, expf, f32_bits, f64_bits, fma32, fma64
+from bitnet_ref.kernels.intrinsics import (
+    bits_f32,
+    bits_f64,
+    expf,
+    expf_exp2_table_x8,
+    f32_bits,
+    f32x8_abs_bits_max,
+    f32x8_load,
+    f32x8_store,
+    f64_bits,
+    fma32,
+    fma64,
+)
 
 EXP_LIBM, EXP_GGML, EXP_GLIBC = 0, 1, 2
 EXP_KINDS = {"libm": EXP_LIBM, "ggml_v_expf": EXP_GGML, "glibc": EXP_GLIBC}  # Numerics.expf -> kernel argument
@@ -141,6 +153,26 @@ def expf_glibc(x):
     return _expf_glibc_core(x)
 
 
+_MAIN_ABS_BITS = (_BIG_TOP + 1) << 20  # |x| bits below this: the main path (top 12 bits ≤ _BIG_TOP)
+
+
+@njit(cache=True, inline="always")
+def expf_glibc_inplace(a, n):
+    """a[:n] = expf_glibc(a[:n]) for a C-contiguous f32 array: eight lanes at a time through the main path's vector
+    form (intrinsics.expf_exp2_table_x8, the same operations per lane) where all eight are in its range, element by
+    element otherwise. The same bits as expf_glibc on each element, about 4× faster."""
+    n8 = n - n % 8
+    for i in range(0, n8, 8):
+        v = f32x8_load(a, i)
+        if f32x8_abs_bits_max(v) < _MAIN_ABS_BITS:
+            f32x8_store(a, i, expf_exp2_table_x8(v, _EXP2_TAB, _INV_LN2_N, _SHIFT, _P0, _P1, _P2))
+        else:
+            for k in range(i, i + 8):
+                a[k] = expf_glibc(a[k])
+    for k in range(n8, n):
+        a[k] = expf_glibc(a[k])
+
+
 @njit(cache=True, inline="always")
 def exp_of(x, kind, lanes):
     """expf of kind EXP_GGML (one lane of ggml's SIMD expf for `lanes`), EXP_GLIBC or EXP_LIBM."""
@@ -153,8 +185,16 @@ def exp_of(x, kind, lanes):
 
 @njit(cache=True, inline="always")
 def _swiglu_row(gate, up, lanes, exp, out, t):
-    """Row t of swiglu."""
+    """Row t of swiglu; glibc's expf runs over the row's −gate first (expf_glibc_inplace), the same values."""
     n = gate.shape[1]
+    if exp == EXP_GLIBC:
+        e = np.empty(n, np.float32)
+        for i in range(n):
+            e[i] = -gate[t, i]
+        expf_glibc_inplace(e, n)
+        for i in range(n):
+            out[t, i] = (gate[t, i] / (_ONE + e[i])) * up[t, i]
+        return
     n_vec = n - n % lanes if exp == EXP_GGML else 0
     tail = EXP_LIBM if exp == EXP_GGML else exp  # ggml's tail past the full chunks is libm's
     for i in range(n):

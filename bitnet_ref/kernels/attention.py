@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from bitnet_ref.kernels.activation import exp_of
+from bitnet_ref.kernels.activation import EXP_GLIBC, exp_of, expf_glibc_inplace
 from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
 from bitnet_ref.kernels.intrinsics import f32x8_load, f32x8_mul_add, f32x8_store, f32x8_zero
 from bitnet_ref.kernels.scalar import load, round_f16, store
@@ -186,9 +186,11 @@ def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
             if jc > start_pos + u3:  # past every position of the group
                 continue
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = f32x8_zero()
+            q0, q1, q2, q3 = q[u0, c0:], q[u1, c1:], q[u2, c2:], q[u3, c3:]
             for d in range(hd):
                 ka, kc = f32x8_load(k_tiles, kb + KEY_TILE * d), f32x8_load(k_tiles, kb + KEY_TILE * d + 8)
-                x0, x1, x2, x3 = q[u0, c0 + d], q[u1, c1 + d], q[u2, c2 + d], q[u3, c3 + d]
+                du = np.uint64(d)  # an unsigned index: no negative-index wraparound in the loop
+                x0, x1, x2, x3 = q0[du], q1[du], q2[du], q3[du]
                 a0, b0 = f32x8_mul_add(a0, x0, ka), f32x8_mul_add(b0, x0, kc)
                 a1, b1 = f32x8_mul_add(a1, x1, ka), f32x8_mul_add(b1, x1, kc)
                 a2, b2 = f32x8_mul_add(a2, x2, ka), f32x8_mul_add(b2, x2, kc)
@@ -206,11 +208,16 @@ def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
         for j in range(n_r):
             pr[j] = pr[j] * s.scale
             mx = max(mx, pr[j])
+        for j in range(n_r):
+            pr[j] = pr[j] - mx
+        if s.exp == EXP_GLIBC:
+            expf_glibc_inplace(pr, n_r)
+        else:
+            for j in range(n_r):
+                pr[j] = exp_of(pr[j], s.exp, s.lanes)
         total = np.float32(0)
         for j in range(n_r):
-            e = exp_of(pr[j] - mx, s.exp, s.lanes)
-            pr[j] = e
-            total += e
+            total += pr[j]
         for j in range(n_r):
             pr[j] = pr[j] / total
     ow = out.shape[1]

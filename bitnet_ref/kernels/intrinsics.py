@@ -410,6 +410,66 @@ def hsum_i32(typingctx, acc):
     return types.int64(acc), codegen
 
 
+@intrinsic
+def f32x8_abs_bits_max(typingctx, v):
+    """The largest of the eight lanes' IEEE bits with the sign cleared, as int32 (≥ 0x7f800000: an inf or a nan)."""
+    if v != f32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        bits = builder.and_(builder.bitcast(args[0], _V8I32), _splat(_V8I32, 0x7FFFFFFF))
+        return _call(builder, "llvm.vector.reduce.umax.v8i32", _I32, [bits])
+
+    return types.int32(v), codegen
+
+
+_V4F64 = ir.VectorType(ir.DoubleType(), 4)
+_V4I64 = ir.VectorType(_I64, 4)
+
+
+def _splat_f64(builder, x):
+    """<4 x double> with every lane x."""
+    v = builder.insert_element(ir.Constant(_V4F64, None), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 4), None))
+
+
+@intrinsic
+def expf_exp2_table_x8(typingctx, v, tab, inv_ln2_n, shift, p0, p1, p2):
+    """Eight lanes of the main path of glibc's expf (activation._expf_glibc_core, lane by lane the same operations
+    in double, so the same bits): kd = fma(inv_ln2_n, x, shift), ki its bits, kd −= shift, r = fma(inv_ln2_n, x,
+    −kd), s = the f64 of bits tab[ki & 31] + (ki << 47), y = fma(fma(r, p0, p1), r·r, fma(r, p2, 1)), f32(y·s).
+    Each lane's x must be in the main path's range (|x| < 88); tab: the 32-entry uint64 table (C-contiguous)."""
+    ok = v == f32x8 and isinstance(tab, types.Array) and tab.dtype == types.uint64 and tab.layout == "C"
+    if not (ok and all(isinstance(c, types.Float) and c.bitwidth == 64 for c in (inv_ln2_n, shift, p0, p1, p2))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[1])(context, builder, args[1]).data
+        inv, sh, c0, c1, c2 = (_splat_f64(builder, a) for a in args[2:])
+        one = _splat(_V4F64, 1.0)
+        halves = []
+        for h in range(2):
+            lanes = ir.Constant(ir.VectorType(_I32, 4), [4 * h + k for k in range(4)])
+            xd = builder.fpext(builder.shuffle_vector(args[0], args[0], lanes), _V4F64)
+            kd = _call(builder, "llvm.fma.v4f64", _V4F64, [inv, xd, sh])
+            ki = builder.bitcast(kd, _V4I64)
+            kd = builder.fsub(kd, sh)
+            r = _call(builder, "llvm.fma.v4f64", _V4F64, [inv, xd, builder.fneg(kd)])
+            idx = builder.and_(ki, _splat(_V4I64, 31))
+            t = ir.Constant(_V4I64, None)
+            for k in range(4):
+                i = builder.extract_element(idx, ir.Constant(_I32, k))
+                t = builder.insert_element(t, builder.load(builder.gep(data, [i])), ir.Constant(_I32, k))
+            s = builder.bitcast(builder.add(t, builder.shl(ki, _splat(_V4I64, 47))), _V4F64)
+            z = _call(builder, "llvm.fma.v4f64", _V4F64, [r, c0, c1])
+            y = _call(builder, "llvm.fma.v4f64", _V4F64, [z, builder.fmul(r, r),
+                                                          _call(builder, "llvm.fma.v4f64", _V4F64, [r, c2, one])])
+            halves.append(builder.fptrunc(builder.fmul(y, s), ir.VectorType(_F32, 4)))
+        return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_V8I32, list(range(8))))
+
+    return f32x8(v, tab, types.float64, types.float64, types.float64, types.float64, types.float64), codegen
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # prefetch: a read hint for a cache line (the tile intrinsics and the ggml rows stream decode weights with it)
 
