@@ -160,7 +160,8 @@ _MAIN_ABS_BITS = (_BIG_TOP + 1) << 20  # |x| bits below this: the main path (top
 def expf_glibc_inplace(a, n):
     """a[:n] = expf_glibc(a[:n]) for a C-contiguous f32 array: eight lanes at a time through the main path's vector
     form (intrinsics.expf_exp2_table_x8, the same operations per lane) where all eight are in its range, element by
-    element otherwise. The same bits as expf_glibc on each element, about 4× faster."""
+    element otherwise. The same bits as expf_glibc on each element, in about 60 % of its time
+    (docs/PERFORMANCE.md §11)."""
     n8 = n - n % 8
     for i in range(0, n8, 8):
         v = f32x8_load(a, i)

@@ -59,6 +59,8 @@ _V16I16 = ir.VectorType(_I16, 16)
 _V32I16 = ir.VectorType(_I16, 32)
 _V8I32 = ir.VectorType(_I32, 8)
 _V8F32 = ir.VectorType(_F32, 8)
+_V4F64 = ir.VectorType(ir.DoubleType(), 4)
+_V4I64 = ir.VectorType(_I64, 4)
 
 
 def _splat(vecty, value):
@@ -421,10 +423,6 @@ def f32x8_abs_bits_max(typingctx, v):
         return _call(builder, "llvm.vector.reduce.umax.v8i32", _I32, [bits])
 
     return types.int32(v), codegen
-
-
-_V4F64 = ir.VectorType(ir.DoubleType(), 4)
-_V4I64 = ir.VectorType(_I64, 4)
 
 
 def _splat_f64(builder, x):
