@@ -185,6 +185,17 @@ def exp_of(x, kind, lanes):
 
 
 @njit(cache=True, inline="always")
+def exp_inplace(a, n, kind, lanes):
+    """a[:n] = expf of kind `kind` (EXP_KINDS) of each element: glibc's through expf_glibc_inplace, the others one
+    exp_of per element."""
+    if kind == EXP_GLIBC:
+        expf_glibc_inplace(a, n)
+    else:
+        for j in range(n):
+            a[j] = exp_of(a[j], kind, lanes)
+
+
+@njit(cache=True, inline="always")
 def _swiglu_row(gate, up, lanes, exp, out, t):
     """Row t of swiglu; glibc's expf runs over the row's −gate first (expf_glibc_inplace), the same values."""
     n = gate.shape[1]

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from bitnet_ref.kernels.activation import EXP_GLIBC, exp_of, expf_glibc_inplace
+from bitnet_ref.kernels.activation import exp_inplace, exp_of
 from bitnet_ref.kernels.dense import VEC_F16, reduce_tiled, tiled_dot, vec_dot
 from bitnet_ref.kernels.intrinsics import f32x8_load, f32x8_mul_add, f32x8_store, f32x8_zero
 from bitnet_ref.kernels.scalar import load, round_f16, store
@@ -210,11 +210,7 @@ def _attend_block(q, k_tiles, v_cache, g, t0, t1, start_pos, s, out):
             mx = max(mx, pr[j])
         for j in range(n_r):
             pr[j] = pr[j] - mx
-        if s.exp == EXP_GLIBC:
-            expf_glibc_inplace(pr, n_r)
-        else:
-            for j in range(n_r):
-                pr[j] = exp_of(pr[j], s.exp, s.lanes)
+        exp_inplace(pr, n_r, s.exp, s.lanes)
         total = np.float32(0)
         for j in range(n_r):
             total += pr[j]

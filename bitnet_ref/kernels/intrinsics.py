@@ -326,10 +326,15 @@ def f32x8_zero(typingctx):
     return f32x8(), lambda context, builder, sig, args: ir.Constant(_V8F32, None)
 
 
+def _splat_value(builder, vecty, x):
+    """A vector of type `vecty` with every lane the runtime value x."""
+    v = builder.insert_element(ir.Constant(vecty, None), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, vecty.count), None))
+
+
 def _splat_f32(builder, x):
     """<8 x float> with every lane x."""
-    v = builder.insert_element(ir.Constant(_V8F32, None), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_V8I32, None))
+    return _splat_value(builder, _V8F32, x)
 
 
 def _f32_c_array(ty) -> bool:
@@ -425,12 +430,6 @@ def f32x8_abs_bits_max(typingctx, v):
     return types.int32(v), codegen
 
 
-def _splat_f64(builder, x):
-    """<4 x double> with every lane x."""
-    v = builder.insert_element(ir.Constant(_V4F64, None), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 4), None))
-
-
 @intrinsic
 def expf_exp2_table_x8(typingctx, v, tab, inv_ln2_n, shift, p0, p1, p2):
     """Eight lanes of the main path of glibc's expf (activation._expf_glibc_core, lane by lane the same operations
@@ -443,7 +442,7 @@ def expf_exp2_table_x8(typingctx, v, tab, inv_ln2_n, shift, p0, p1, p2):
 
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[1])(context, builder, args[1]).data
-        inv, sh, c0, c1, c2 = (_splat_f64(builder, a) for a in args[2:])
+        inv, sh, c0, c1, c2 = (_splat_value(builder, _V4F64, a) for a in args[2:])
         one = _splat(_V4F64, 1.0)
         halves = []
         for h in range(2):
